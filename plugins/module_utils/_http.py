@@ -52,7 +52,7 @@ def urllib_fetch(method, url, headers, timeout, data=None):
     import urllib.request
 
     class _NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, req, fp, code, msg, hdrs, newurl):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
             return None
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())

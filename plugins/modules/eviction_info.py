@@ -28,7 +28,7 @@ description:
     other VMs of the availability set are ignored. C(Freeze), C(Reboot) and C(Redeploy) are maintenance.
   - No proxies are used and IMDSv2 session tokens never appear in results or logs.
 author:
-  - spot.migration contributors
+  - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
   - spot.migration.metadata
   - spot.migration.attributes.info_module

@@ -1,0 +1,32 @@
+# make demo  - the main job on the built-in local setup (does its own set-up)
+# make test  - every test and validator CI runs (does its own set-up)
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup demo test pytest sanity lint changelog clean
+
+setup:
+	@bash hacking/bootstrap.sh
+
+demo: setup
+	$(BIN)/spot-migration demo
+
+test: setup pytest sanity lint changelog
+
+pytest: setup
+	$(BIN)/python -m pytest -n $${PYTEST_WORKERS:-2} $(PYTEST_ARGS)
+
+sanity: setup
+	bash hacking/sanity.sh
+
+lint: setup
+	$(BIN)/ansible-lint --profile production --offline
+
+changelog: setup
+	$(BIN)/antsibull-changelog lint
+
+clean:
+	rm -rf .venv .collections build .demo tests/output

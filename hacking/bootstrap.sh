@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Set up everything the demo and the tests need on a fresh Debian machine:
+# Debian packages (when root and missing), the virtualenv at .venv/ and the
+# Python dependencies. Safe to run again; does only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests and the local fleet use.
+DEB_PACKAGES=(git rsync openssh-server openssh-client)
+missing=()
+for pkg in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "bootstrap: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "bootstrap: missing Debian packages (run as root or install them): ${missing[*]}" >&2
+  fi
+fi
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "bootstrap: $PYTHON is $("$PYTHON" --version 2>&1); spot-migration needs Python >= 3.11 (set PYTHON=...)" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv with $("$PYTHON" --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.spot-migration-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "bootstrap: installing Python dependencies into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+  touch "$stamp"
+fi
+
+# Make the working tree importable as the collection spot.migration.
+mkdir -p .collections/ansible_collections/spot
+ln -sfn ../../.. .collections/ansible_collections/spot/migration
+
+# ansible-test --venv bootstraps pip with a script from a host this machine cannot reach:
+# put our local stand-in where ansible-test looks for its cached copy.
+pip_version=$(.venv/bin/python - <<'PY'
+from types import SimpleNamespace
+from ansible_test._internal.python_requirements import get_venv_packages
+print(get_venv_packages(SimpleNamespace(version="3.11"))["pip"])
+PY
+)
+cache="$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
+mkdir -p "$(dirname "$cache")"
+cp hacking/get_pip.py "$cache"
