@@ -46,6 +46,7 @@ def ansible_env(tmp_path_factory) -> dict[str, str]:
         "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
         "ANSIBLE_HOME": str(home),
         "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_PIPELINING": "true",
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_LOCALHOST_WARNING": "false",
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",

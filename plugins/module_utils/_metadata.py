@@ -141,7 +141,13 @@ class MetadataProbe:
     def probe(self):
         """Return the current normalised notice."""
         deadline = self.monotonic() + self.timeout
-        return self._probe(deadline)
+        try:
+            return self._probe(deadline)
+        except NoticeError as exc:
+            if self.base_url in str(exc):
+                raise
+            # A payload the parser refused: say which service sent it.
+            raise NoticeError('%s (from the %s metadata service at %s)' % (exc, self.provider, self.base_url))
 
     def _probe(self, deadline):
         raise NotImplementedError

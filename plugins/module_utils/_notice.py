@@ -155,7 +155,7 @@ def _json(text, what):
         try:
             text = text.decode('utf-8')
         except UnicodeDecodeError:
-            raise NoticeError('%s is not UTF-8 text' % what)
+            raise NoticeError('%s is not JSON (not even UTF-8 text): %r' % (what, _preview(text)))
     try:
         return json.loads(text)
     except (ValueError, TypeError) as exc:
@@ -167,7 +167,7 @@ def _text(body, what):
         try:
             body = body.decode('utf-8')
         except UnicodeDecodeError:
-            raise NoticeError('%s is not UTF-8 text' % what)
+            raise NoticeError('%s is not UTF-8 text: %r' % (what, _preview(body)))
     return body.strip()
 
 
