@@ -74,6 +74,6 @@ def run_playbook(ansible_env, tmp_path):
             cmd += ["-e", json.dumps(extra_vars)]
         cmd += (args or []) + [str(playbook)]
         return subprocess.run(cmd, env=dict(ansible_env, **(env or {})), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout, cwd=tmp_path)
+                              stderr=subprocess.STDOUT, text=True, timeout=timeout, cwd=tmp_path, check=False)
 
     return run

@@ -214,9 +214,9 @@ def test_unreachable_service_fails(run_playbook, tmp_path):
 def test_probe_playbook_never_shows_the_imdsv2_token(metadata_sim, run_playbook):
     sim = metadata_sim("aws", v2_only=True)
     httpx.post(sim.url + "/_sim/notice", json={"kind": "spot_interruption"})
-    inventory = {"spot": {"hosts": {"node-1": {"ansible_connection": "local", "spot_provider": "aws",
-                                                "spot_metadata_url": sim.url,
-                                                "ansible_python_interpreter": sys.executable}}}}
+    node = {"ansible_connection": "local", "spot_provider": "aws", "spot_metadata_url": sim.url,
+            "ansible_python_interpreter": sys.executable}
+    inventory = {"spot": {"hosts": {"node-1": node}}}
     result = run_playbook("spot.migration.probe", inventory=inventory, args=["-vvv"])
     assert result.returncode == 0, result.stdout[-3000:]
     assert "EVICTING: aws spot_interruption" in result.stdout
@@ -230,10 +230,9 @@ def test_probe_playbook_reports_each_host(metadata_sim, run_playbook):
     sims = {c: metadata_sim(c) for c in ("aws", "gcp", "azure")}
     httpx.post(sims["gcp"].url + "/_sim/notice", json={"kind": "preempt"})
     httpx.post(sims["azure"].url + "/_sim/fault", json={"mode": "error", "status": 500})
-    inventory = {"spot": {"hosts": {f"node-{c}": {"ansible_connection": "local", "spot_metadata_url": s.url,
-                                                   "ansible_python_interpreter": sys.executable}
-                                    for c, s in sims.items()}},
-                 "all": {"vars": {"probe_timeout": 1.5}}}
+    hosts = {f"node-{c}": {"ansible_connection": "local", "spot_metadata_url": s.url,
+                           "ansible_python_interpreter": sys.executable} for c, s in sims.items()}
+    inventory = {"spot": {"hosts": hosts}, "all": {"vars": {"probe_timeout": 1.5}}}
     result = run_playbook("spot.migration.probe", inventory=inventory)
     out = result.stdout
     assert result.returncode == 0, out[-3000:]

@@ -59,13 +59,13 @@ def aws_table(overrides=None):
 def probe(provider, table, clock=None, **kwargs):
     clock = clock or FakeClock()
     fetch = Script(table, clock)
-    p = md.make_probe(fetch, provider, "http://127.0.0.1:1", monotonic=clock.monotonic, sleep=clock.sleep,
-                      **kwargs)
-    return p, fetch
+    return md.make_probe(fetch, provider, "http://127.0.0.1:1", monotonic=clock.monotonic, sleep=clock.sleep,
+                         **kwargs)
 
 
 def test_aws_v2_token_is_sent_and_never_returned():
-    p, fetch = probe("aws", aws_table())
+    p = probe("aws", aws_table())
+    fetch = p.fetch
     notice = p.probe()
     assert notice["kind"] == "none"
     gets = [c for c in fetch.calls if c[0] == "GET"]
@@ -76,7 +76,8 @@ def test_aws_v2_token_is_sent_and_never_returned():
 
 
 def test_aws_v1_sends_no_token():
-    p, fetch = probe("aws", aws_table(), imds_version="v1")
+    p = probe("aws", aws_table(), imds_version="v1")
+    fetch = p.fetch
     p.probe()
     assert not any(c[0] == "PUT" for c in fetch.calls)
     assert not any("X-aws-ec2-metadata-token" in c[2] for c in fetch.calls)
@@ -84,13 +85,13 @@ def test_aws_v1_sends_no_token():
 
 @pytest.mark.parametrize("status", [403, 404, 405])
 def test_aws_auto_falls_back_to_v1_when_tokens_are_refused(status):
-    p, _ = probe("aws", aws_table({("PUT", "/latest/api/token"): [(status, b"")]}))
+    p = probe("aws", aws_table({("PUT", "/latest/api/token"): [(status, b"")]}))
     p.probe()
     assert p.version_used == "v1"
 
 
 def test_aws_v2_required_fails_when_tokens_are_refused():
-    p, _ = probe("aws", aws_table({("PUT", "/latest/api/token"): [(403, b"")]}), imds_version="v2")
+    p = probe("aws", aws_table({("PUT", "/latest/api/token"): [(403, b"")]}), imds_version="v2")
     with pytest.raises(NoticeError, match="requires one"):
         p.probe()
 
@@ -100,7 +101,8 @@ def test_aws_expired_token_is_renewed_once():
         ("PUT", "/latest/api/token"): [(200, b"first"), (200, b"second")],
         ("GET", "/latest/meta-data/instance-id"): [(401, b""), (200, b"i-1")],
     })
-    p, fetch = probe("aws", table)
+    p = probe("aws", table)
+    fetch = p.fetch
     assert p.probe()["instance_id"] == "i-1"
     assert [c[0] for c in fetch.calls].count("PUT") == 2
 
@@ -108,7 +110,7 @@ def test_aws_expired_token_is_renewed_once():
 def test_5xx_is_retried_within_the_timeout():
     table = aws_table({("GET", "/latest/meta-data/spot/instance-action"): [
         (503, b""), (500, b""), (200, b'{"action": "terminate", "time": "2099-01-01T00:00:00Z"}')]})
-    p, _ = probe("aws", table)
+    p = probe("aws", table)
     notice = p.probe()
     assert notice["evicting"] is True
     assert p.retries == 2
@@ -116,7 +118,7 @@ def test_5xx_is_retried_within_the_timeout():
 
 def test_5xx_that_never_ends_fails_naming_url_and_answer():
     table = aws_table({("GET", "/latest/meta-data/spot/instance-action"): [(500, b"Internal Server Error")]})
-    p, _ = probe("aws", table, timeout=2.0)
+    p = probe("aws", table, timeout=2.0)
     with pytest.raises(NoticeError) as info:
         p.probe()
     assert "http://127.0.0.1:1/latest/meta-data/spot/instance-action" in str(info.value)
@@ -125,7 +127,7 @@ def test_5xx_that_never_ends_fails_naming_url_and_answer():
 
 def test_unreachable_is_an_error_not_quiet():
     table = {("PUT", "/latest/api/token"): [md.TransportError("Connection refused")]}
-    p, _ = probe("aws", table, timeout=1.0)
+    p = probe("aws", table, timeout=1.0)
     with pytest.raises(NoticeError, match="unreachable: Connection refused"):
         p.probe()
 
@@ -134,21 +136,21 @@ def test_unreachable_is_an_error_not_quiet():
 def test_redirects_are_refused(status):
     table = aws_table({("GET", "/latest/meta-data/spot/instance-action"): [
         (status, b"", {"Location": "http://evil.example/"})]})
-    p, _ = probe("aws", table)
+    p = probe("aws", table)
     with pytest.raises(NoticeError, match="redirect to 'http://evil.example/' refused"):
         p.probe()
 
 
 def test_oversized_body_is_refused():
     table = aws_table({("GET", "/latest/meta-data/spot/instance-action"): [(200, b"{" + b" " * md.MAX_BODY_BYTES)]})
-    p, _ = probe("aws", table)
+    p = probe("aws", table)
     with pytest.raises(NoticeError, match="larger than 65536 bytes"):
         p.probe()
 
 
 def test_gcp_requires_the_flavor_header_in_the_answer():
     table = {("GET", "/computeMetadata/v1/instance/id"): [(200, b"123")]}
-    p, _ = probe("gcp", table)
+    p = probe("gcp", table)
     with pytest.raises(NoticeError, match="not a GCE metadata server"):
         p.probe()
 
@@ -163,13 +165,14 @@ def gcp_table(preempted=b"FALSE"):
 
 
 def test_gcp_sends_flavor_header_and_reads_preemption():
-    p, fetch = probe("gcp", gcp_table(b"TRUE"))
+    p = probe("gcp", gcp_table(b"TRUE"))
+    fetch = p.fetch
     assert p.probe()["evicting"] is True
     assert all(c[2]["Metadata-Flavor"] == "Google" for c in fetch.calls)
 
 
 def test_gcp_403_is_an_error():
-    p, _ = probe("gcp", {("GET", "/computeMetadata/v1/instance/id"): [(403, b"Missing Metadata-Flavor:Google header.")]})
+    p = probe("gcp", {("GET", "/computeMetadata/v1/instance/id"): [(403, b"Missing Metadata-Flavor:Google header.")]})
     with pytest.raises(NoticeError, match="HTTP 403 'Missing Metadata-Flavor:Google header.'"):
         p.probe()
 
@@ -180,7 +183,8 @@ def test_gcp_wait_uses_hanging_get_with_last_etag():
         (200, b"FALSE", {"Metadata-Flavor": "Google", "ETag": "e1"}),
         (200, b"TRUE", {"Metadata-Flavor": "Google", "ETag": "e2"}),
     ]
-    p, fetch = probe("gcp", table)
+    p = probe("gcp", table)
+    fetch = p.fetch
     notice = p.wait(30)
     assert notice["evicting"] is True
     hanging = [c for c in fetch.calls if "wait_for_change=true" in c[1]]
@@ -192,7 +196,8 @@ def test_azure_needs_vm_name_and_sends_metadata_header():
         ("GET", "/metadata/instance/compute"): [(200, b'{"name": "myvm", "vmId": "uuid-1"}')],
         ("GET", "/metadata/scheduledevents"): [(200, b'{"DocumentIncarnation": 1, "Events": []}')],
     }
-    p, fetch = probe("azure", table)
+    p = probe("azure", table)
+    fetch = p.fetch
     notice = p.probe()
     assert notice["instance_id"] == "uuid-1"
     assert all(c[2]["Metadata"] == "true" for c in fetch.calls)
@@ -200,7 +205,7 @@ def test_azure_needs_vm_name_and_sends_metadata_header():
 
 
 def test_azure_compute_without_name_is_an_error():
-    p, _ = probe("azure", {("GET", "/metadata/instance/compute"): [(200, b'{"vmId": "x"}')]})
+    p = probe("azure", {("GET", "/metadata/instance/compute"): [(200, b'{"vmId": "x"}')]})
     with pytest.raises(NoticeError, match='no compute "name"'):
         p.probe()
 
@@ -209,7 +214,7 @@ def test_wait_polls_until_a_notice_appears():
     table = aws_table({("GET", "/latest/meta-data/spot/instance-action"): [
         (404, b""), (404, b""), (404, b""), (200, b'{"action": "stop", "time": "2099-01-01T00:00:00Z"}')]})
     clock = FakeClock()
-    p, _ = probe("aws", table, clock=clock)
+    p = probe("aws", table, clock=clock)
     notice = p.wait(60)
     assert notice["evicting"] is True
     assert 2.9 < notice["waited"] < 4.0
@@ -217,7 +222,7 @@ def test_wait_polls_until_a_notice_appears():
 
 def test_wait_gives_up_at_its_deadline_and_reports_quiet():
     clock = FakeClock()
-    p, _ = probe("aws", aws_table(), clock=clock)
+    p = probe("aws", aws_table(), clock=clock)
     notice = p.wait(5)
     assert notice["evicting"] is False and 5.0 <= notice["waited"] < 6.5
 
