@@ -25,9 +25,21 @@ class SpotMigrationError(Exception):
 @contextlib.contextmanager
 def fail_on_exception(module, exceptions=None):
     """Run a block; turn the shared code's exceptions into ``module.fail_json``."""
+    from ._gpu import GpuError
     from ._notice import NoticeError
-    handled = tuple(exceptions or ()) + (SpotMigrationError, NoticeError)
+    handled = tuple(exceptions or ()) + (SpotMigrationError, NoticeError, GpuError)
     try:
         yield
     except handled as exc:
         module.fail_json(msg=str(exc), **getattr(exc, 'details', {}))
+
+
+def command_runner(module):
+    """The one way modules run commands: argv lists, ``LC_ALL=C``, never a shell.
+
+    Returns ``run(argv) -> (rc, stdout, stderr)`` for shared code that takes a runner.
+    """
+    def run(argv, data=None):
+        return module.run_command(list(argv), data=data, check_rc=False,
+                                  environ_update={'LC_ALL': 'C', 'LANG': 'C'})
+    return run

@@ -179,8 +179,10 @@ class NvmlProcessInfo(ctypes.Structure):
 def load_nvml(library=NVML_LIBRARY):
     """Load NVML; raises GpuError when it is not there."""
     try:
-        return ctypes.CDLL(library)
-    except OSError as exc:
+        lib = ctypes.CDLL(library)
+        lib.nvmlErrorString.restype = ctypes.c_char_p
+        return lib
+    except (OSError, AttributeError) as exc:
         raise GpuError('NVML library %s could not be loaded: %s' % (library, exc))
 
 
@@ -199,7 +201,6 @@ class NvmlBackend(GpuBackend):
             return False
         message = what
         try:
-            self.lib.nvmlErrorString.restype = ctypes.c_char_p
             message = '%s: %s' % (what, self.lib.nvmlErrorString(rc).decode('utf-8', 'replace'))
         except Exception:  # an old or fake library without nvmlErrorString
             message = '%s: NVML error %d' % (what, rc)

@@ -71,6 +71,37 @@ def sim_inject(url: str, notice: str, in_seconds: float | None, resources: tuple
         raise click.ClickException(str(exc)) from None
 
 
+@sim.command("nvidia-smi", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                             "help_option_names": []})
+@click.pass_context
+def sim_nvidia_smi(ctx: click.Context) -> None:
+    """Answer nvidia-smi's scripted interface from $SPOT_SIM_GPU_STATE (all arguments pass through)."""
+    from .sim import nvidia_smi
+
+    sys.exit(nvidia_smi.main(list(ctx.args)))
+
+
+@sim.command("gpus")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="GPU state file to write (JSON).")
+@click.option("--count", type=click.IntRange(0, 64), default=2, show_default=True, help="Number of GPUs.")
+@click.option("--name", default="NVIDIA H100 80GB HBM3", show_default=True, help="GPU model name.")
+@click.option("--memory-mb", type=click.IntRange(1), default=81559, show_default=True, help="Memory per GPU (MiB).")
+@click.option("--install-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write an nvidia-smi executable here that answers from --state.")
+def sim_gpus(state_path: Path, count: int, name: str, memory_mb: int, install_dir: Path | None) -> None:
+    """Create simulated GPUs: a state file and, optionally, an nvidia-smi on a PATH directory."""
+    from .sim import nvidia_smi
+
+    state_path = state_path.resolve()
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps(nvidia_smi.default_state(count, name, memory_mb, seed=str(state_path)),
+                                     indent=2))
+    click.echo(f"wrote {count} GPU(s) to {state_path}")
+    if install_dir:
+        click.echo(f"installed {nvidia_smi.install(install_dir.resolve(), state_path)}")
+
+
 @main.command()
 @click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".demo"),
               show_default=True, help="Where the demo keeps its inventory and logs.")
