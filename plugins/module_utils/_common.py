@@ -25,9 +25,10 @@ class SpotMigrationError(Exception):
 @contextlib.contextmanager
 def fail_on_exception(module, exceptions=None):
     """Run a block; turn the shared code's exceptions into ``module.fail_json``."""
+    from ._checkpoint import CheckpointError
     from ._gpu import GpuError
     from ._notice import NoticeError
-    handled = tuple(exceptions or ()) + (SpotMigrationError, NoticeError, GpuError)
+    handled = tuple(exceptions or ()) + (SpotMigrationError, NoticeError, GpuError, CheckpointError)
     try:
         yield
     except handled as exc:
