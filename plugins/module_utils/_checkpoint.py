@@ -171,13 +171,13 @@ class Candidate:
 
     def scan(self):
         self.files = _walk(self.path)
-        self.mtime = max([st.st_mtime for _, _, st in self.files] or [os.stat(self.path).st_mtime])
-        self.size = sum(st.st_size for _, _, st in self.files)
+        self.mtime = max([st.st_mtime for _rel, _full, st in self.files] or [os.stat(self.path).st_mtime])
+        self.size = sum(st.st_size for _rel, _full, st in self.files)
 
     def result(self):
         return {'checkpoint': os.path.abspath(self.path), 'format': self.format, 'step': self.step,
                 'mtime': self.mtime, 'size_bytes': self.size,
-                'files': [rel for rel, _, _ in self.files if rel != MANIFEST_NAME]}
+                'files': [rel for rel, _full, _st in self.files if rel != MANIFEST_NAME]}
 
 
 def detect_format(path):
@@ -225,7 +225,7 @@ def _check_common(cand, stable_for, now):
 
 
 def _check_dcp(cand):
-    by_name = dict((rel, st) for rel, _, st in cand.files)
+    by_name = dict((rel, st) for rel, _full, st in cand.files)
     meta = by_name.get('.metadata')
     if meta is None:
         raise Incomplete('no .metadata: torch.distributed.checkpoint writes it last, so the save did not finish')
@@ -255,7 +255,7 @@ def _check_hf(cand):
         raise Incomplete('trainer_state.json is not an object')
     if isinstance(state.get('global_step'), int):
         cand.step = state['global_step']
-    files = dict((rel, st) for rel, _, st in cand.files)
+    files = dict((rel, st) for rel, _full, st in cand.files)
     weights = [rel for rel in files if rel.endswith('.safetensors') or rel.endswith('.bin')]
     index_names = [rel for rel in files if rel.endswith('.index.json')]
     for index_name in index_names:
@@ -287,7 +287,7 @@ def _check_generic(cand):
     manifest = read_manifest(cand.path)
     if manifest is None:
         raise Incomplete('no %s' % MANIFEST_NAME)
-    sizes = dict((rel, st.st_size) for rel, _, st in cand.files if rel != MANIFEST_NAME)
+    sizes = dict((rel, st.st_size) for rel, _full, st in cand.files if rel != MANIFEST_NAME)
     for rel, entry in manifest['files'].items():
         if rel not in sizes:
             raise Incomplete('file %r in the manifest is missing' % rel)
@@ -375,7 +375,7 @@ def _candidates(path, fmt):
         return [Candidate(path, fmt if fmt != 'auto' else detect_format(path))], []
     entries = sorted(os.listdir(path))
     children = [(name, os.path.join(path, name)) for name in entries if not name.endswith(MANIFEST_NAME)]
-    if root_format is not None and fmt in ('auto', root_format) and not any(detect_format(f) for _, f in children):
+    if root_format is not None and fmt in ('auto', root_format) and not any(detect_format(f) for _name, f in children):
         return [Candidate(path, root_format)], []  # the path is itself one checkpoint
     cands = []
     for name, full in children:
@@ -518,7 +518,7 @@ def hash_files(checkpoint, workers=None):
         with ThreadPoolExecutor(workers) as pool:
             digests = list(pool.map(lambda f: sha256_file(f[1]), files))
     else:
-        digests = [sha256_file(full) for _, full, _ in files]
+        digests = [sha256_file(full) for _rel, full, _st in files]
     for (rel, _full, st), digest in zip(files, digests):
         results[rel] = {'size': st.st_size, 'sha256': digest}
     return results

@@ -74,7 +74,7 @@ gpus:
     memory_free_mb: {description: Free memory in MiB., type: int}
     utilization_gpu: {description: GPU utilization in percent., type: int}
     temperature_c: {description: Temperature in degrees Celsius., type: int}
-    mig_mode: {description: C(Enabled), C(Disabled) or null., type: str}
+    mig_mode: {description: "C(Enabled), C(Disabled) or null.", type: str}
     processes: {description: "Compute processes: C(pid), C(name), C(used_memory_mb).", type: list, elements: dict}
   sample:
     - index: 0
