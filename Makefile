@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup demo test pytest sanity lint changelog clean
+.PHONY: setup demo test pytest sanity lint changelog bench clean
 
 setup:
 	@bash hacking/bootstrap.sh
@@ -27,6 +27,9 @@ lint: setup
 
 changelog: setup
 	$(BIN)/antsibull-changelog lint
+
+bench: setup
+	$(BIN)/python bench/checkpoint_bench.py
 
 clean:
 	rm -rf .venv .collections build .demo tests/output
