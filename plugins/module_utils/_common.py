@@ -28,7 +28,8 @@ def fail_on_exception(module, exceptions=None):
     from ._checkpoint import CheckpointError
     from ._gpu import GpuError
     from ._notice import NoticeError
-    handled = tuple(exceptions or ()) + (SpotMigrationError, NoticeError, GpuError, CheckpointError)
+    from ._workload import WorkloadError
+    handled = tuple(exceptions or ()) + (SpotMigrationError, NoticeError, GpuError, CheckpointError, WorkloadError)
     try:
         yield
     except handled as exc:
