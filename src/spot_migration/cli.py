@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -100,6 +101,111 @@ def sim_gpus(state_path: Path, count: int, name: str, memory_mb: int, install_di
     click.echo(f"wrote {count} GPU(s) to {state_path}")
     if install_dir:
         click.echo(f"installed {nvidia_smi.install(install_dir.resolve(), state_path)}")
+
+
+@main.group()
+def fleet() -> None:
+    """The local fleet: SSH nodes on loopback addresses with simulated clouds and GPUs."""
+
+
+def _fleet_call(fn, *args, **kwargs):
+    from .fleet import FleetError
+
+    try:
+        return fn(*args, **kwargs)
+    except FleetError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@fleet.command("up")
+@click.option("--nodes", type=click.IntRange(1, 200), default=4, show_default=True, help="Nodes in all.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--clouds", default="aws,gcp,azure", show_default=True, help="Dialects, rotated over the nodes.")
+@click.option("--gpus", type=click.IntRange(0, 16), default=2, show_default=True, help="Simulated GPUs per node.")
+@click.option("--standby", type=click.IntRange(0, 200), default=1, show_default=True,
+              help="How many of the nodes are on-demand standby nodes (never get notices).")
+@click.option("--base-address", default="127.0.0.10", show_default=True,
+              help="Nodes get the loopback addresses after this one.")
+@click.option("--no-image", is_flag=True, help="Do not build the trainer's container image (podman).")
+def fleet_up(nodes: int, directory: Path, clouds: str, gpus: int, standby: int, base_address: str,
+             no_image: bool) -> None:
+    """Bring a fleet up and write DIR/inventory.yml."""
+    from . import fleet as fleet_mod
+
+    start = time.monotonic()
+    _fleet_call(fleet_mod.up, directory, nodes, tuple(c.strip() for c in clouds.split(",") if c.strip()), gpus,
+                standby, base_address, image=not no_image, log=click.echo)
+    click.echo(f"ready in {time.monotonic() - start:.1f} s")
+
+
+@fleet.command("down")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), required=True)
+def fleet_down(directory: Path) -> None:
+    """Stop every process the fleet started (by pid)."""
+    from . import fleet as fleet_mod
+
+    _fleet_call(fleet_mod.down, directory, log=click.echo)
+
+
+@fleet.command("status")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def fleet_status(directory: Path, as_json: bool) -> None:
+    """One line per node: sshd, metadata simulator, notices, workloads."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import fleet as fleet_mod
+
+    rows = _fleet_call(fleet_mod.status, directory)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"fleet in {directory}")
+    for column in ("node", "cloud", "role", "ssh", "sshd", "metadata", "notices", "workloads"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["name"], r["cloud"], "standby" if r["standby"] else "spot", r["ssh"],
+                      "up" if r["sshd"] else "[red]down[/]", "up" if r["metadata"] else "[red]down[/]",
+                      ", ".join(r["notices"]) if r["notices"] else ("-" if r["notices"] is not None else "?"),
+                      ", ".join(str(p) for p in r["workload_pids"]) or "-")
+    Console().print(table)
+
+
+@fleet.command("inject")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--node", required=True, help="Node name (see fleet status).")
+@click.option("--notice", required=True,
+              type=click.Choice(["spot_interruption", "preempt", "terminate", "rebalance", "maintenance", "clear"]))
+@click.option("--in-seconds", type=float, default=None, help="Time until the deadline.")
+def fleet_inject(directory: Path, node: str, notice: str, in_seconds: float | None) -> None:
+    """Inject (or clear) a notice on one node's metadata simulator."""
+    from . import fleet as fleet_mod
+    from .sim.control import SimulatorError
+
+    try:
+        click.echo(json.dumps(_fleet_call(fleet_mod.inject, directory, node, notice, in_seconds=in_seconds)))
+    except SimulatorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group()
+def image() -> None:
+    """The reference trainer's container image."""
+
+
+@image.command("build")
+@click.option("--cli", default="podman", show_default=True, type=click.Choice(["podman", "docker"]))
+@click.option("--tag", default=None, help="Image tag (default: derived from the trainer's content).")
+@click.option("--force", is_flag=True, help="Rebuild even when the tag exists.")
+def image_build(cli: str, tag: str | None, force: bool) -> None:
+    """Build the trainer image from a local rootfs (no registry)."""
+    from .image import ImageError, build_image
+
+    try:
+        click.echo(build_image(cli, tag, force=force))
+    except ImageError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

@@ -119,19 +119,22 @@ def image_tag(python: str | None = None) -> str:
     return f"{DEFAULT_TAG}:{digest}"
 
 
-def build_image(cli: str = "podman", tag: str | None = None, python: str | None = None, force: bool = False) -> str:
-    """Build (or reuse) the trainer image; returns its tag."""
+def build_image(cli: str = "podman", tag: str | None = None, python: str | None = None, force: bool = False,
+                env: dict[str, str] | None = None) -> str:
+    """Build (or reuse) the trainer image; returns its tag. ``env`` selects another image store
+    (CONTAINERS_STORAGE_CONF), as the local fleet does for its shared one."""
     if shutil.which(cli) is None:
         raise ImageError(f"{cli} is not installed")
     python = python or _pick_python()
     tag = tag or image_tag(python)
-    if not force and _run([cli, "image", "exists", tag]).returncode == 0:
+    env = dict(os.environ, **(env or {}))
+    if not force and _run([cli, "image", "exists", tag], env=env).returncode == 0:
         return tag
     with tempfile.TemporaryDirectory(prefix="spot-image-") as tmp:
         rootfs = Path(tmp) / "rootfs.tar"
         build_rootfs(rootfs, python)
         result = _run([cli, "import", "--change", 'ENTRYPOINT ["/usr/local/bin/spot-trainer"]',
-                       "--change", "WORKDIR /tmp", str(rootfs), tag])
+                       "--change", "WORKDIR /tmp", str(rootfs), tag], env=env)
         if result.returncode != 0:
             raise ImageError(f"{cli} import failed (rc {result.returncode}): {result.stderr.strip()}")
     return tag

@@ -1,0 +1,457 @@
+"""The local fleet: N SSH nodes on one machine, each with its own sshd on its own loopback address,
+its own directory tree, its own metadata simulator and its own simulated GPUs.
+
+Used by the demo and the tests, and by people who want to rehearse spot.migration without a cloud.
+Every process the fleet starts is recorded by pid in ``DIR/fleet.json`` and stopped by pid.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .sim import control, nvidia_smi
+
+STATE_FILE = "fleet.json"
+CLOUDS = ("aws", "gcp", "azure")
+SSHD = "/usr/sbin/sshd"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FleetError(RuntimeError):
+    """The fleet could not be brought up, inspected or taken down; the message says what to do."""
+
+
+@dataclass
+class Node:
+    name: str
+    address: str
+    port: int
+    cloud: str
+    standby: bool
+    root: str
+    sshd_pid: int = 0
+    metadata_pid: int = 0
+    metadata_url: str = ""
+    gpus: int = 2
+
+    @property
+    def paths(self) -> dict[str, str]:
+        root = Path(self.root)
+        return {"checkpoints": str(root / "checkpoints"), "workloads": str(root / "workloads"),
+                "state": str(root / "state"), "bin": str(root / "bin"), "ssh": str(root / "ssh"),
+                "gpu_state": str(root / "gpus.json"), "ssh_config": str(root / "ssh" / "config")}
+
+
+@dataclass
+class Fleet:
+    dir: str
+    fleet_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    user: str = field(default_factory=getpass.getuser)
+    python: str = ""
+    image: str = ""
+    trainer: str = ""
+    nodes: list[Node] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+
+    # ------------------------------------------------------------------ persistence
+    @classmethod
+    def load(cls, directory: Path) -> Fleet:
+        path = Path(directory) / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FleetError(f"no fleet in {directory} (no {STATE_FILE}); bring one up with "
+                             f"`spot-migration fleet up --dir {directory}`") from None
+        except ValueError as exc:
+            raise FleetError(f"{path} is not valid JSON ({exc}); remove {directory} and bring the fleet up again") from None
+        nodes = [Node(**n) for n in data.pop("nodes", [])]
+        return cls(nodes=nodes, **data)
+
+    def save(self) -> None:
+        path = Path(self.dir) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise FleetError(f"no node {name!r} in the fleet in {self.dir}; nodes: {', '.join(n.name for n in self.nodes)}")
+
+    @property
+    def keys(self) -> dict[str, str]:
+        base = Path(self.dir) / "keys"
+        return {"private": str(base / "id_ed25519"), "public": str(base / "id_ed25519.pub"),
+                "authorized": str(base / "authorized_keys"), "known_hosts": str(Path(self.dir) / "known_hosts")}
+
+    @property
+    def inventory_path(self) -> Path:
+        return Path(self.dir) / "inventory.yml"
+
+    @property
+    def image_store(self) -> Path:
+        """Images shared by every node (read-only for them); each node has its own container storage."""
+        return Path(self.dir) / "images"
+
+    def container_env(self, node: Node | None = None) -> dict[str, str]:
+        conf = Path(node.root) / "storage.conf" if node else self.image_store / "storage.conf"
+        return {"CONTAINERS_CONF": str(ROOT / "hacking" / "containers.conf"), "CONTAINERS_STORAGE_CONF": str(conf)}
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _stop_pid(pid: int, timeout: float = 5.0) -> None:
+    """SIGTERM, wait, SIGKILL: by pid, never by name."""
+    if not _alive(pid):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not _alive(pid):
+            _reap(pid)
+            return
+        time.sleep(0.02)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _free_port(address: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def _ssh_banner(address: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def _node_python() -> str:
+    """Nodes run modules with the system Python when there is one: the standard library only, as on a real node."""
+    for candidate in ("/usr/bin/python3",):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return sys.executable
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+# ---------------------------------------------------------------------- up
+
+def up(directory: Path, nodes: int = 4, clouds: tuple[str, ...] = CLOUDS, gpus: int = 2, standby: int = 1,
+       base_address: str = "127.0.0.10", image: bool = True, log=print) -> Fleet:
+    """Bring up a fleet in ``directory`` and write its inventory. Refuses a directory with a fleet still
+    running; recovers one whose processes are all gone."""
+    directory = Path(directory).resolve()
+    if not os.access(SSHD, os.X_OK):
+        raise FleetError(f"{SSHD} not found: install openssh-server (make setup does, as root)")
+    if nodes < 1 or standby < 0 or standby >= nodes + 1 or standby > nodes:
+        raise FleetError(f"--nodes {nodes} --standby {standby}: need at least one node and no more standby than nodes")
+    for cloud in clouds:
+        if cloud not in CLOUDS:
+            raise FleetError(f"unknown cloud {cloud!r}; choose from {', '.join(CLOUDS)}")
+    if (directory / STATE_FILE).exists():
+        old = Fleet.load(directory)
+        running = [(n.name, p) for n in old.nodes for p in (n.sshd_pid, n.metadata_pid) if _alive(p)]
+        if running:
+            raise FleetError(f"a fleet is already running in {directory} (pids {', '.join(str(p) for _, p in running)}); "
+                             f"run `spot-migration fleet down --dir {directory}` first")
+        log(f"recovering {directory}: the fleet recorded there is no longer running; starting afresh")
+        down(directory, log=lambda *_: None)
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fleet = Fleet(dir=str(directory), python=_node_python())
+    prefix, last = base_address.rsplit(".", 1)
+    keys = fleet.keys
+    Path(keys["private"]).parent.mkdir(parents=True, exist_ok=True)
+    result = _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"spot-migration-fleet-{fleet.fleet_id}",
+                   "-f", keys["private"]])
+    if result.returncode != 0:
+        raise FleetError(f"ssh-keygen failed: {result.stderr.strip()}")
+    shutil.copyfile(keys["public"], keys["authorized"])
+    os.chmod(keys["authorized"], 0o600)
+    share = directory / "share"
+    share.mkdir()
+    fleet.trainer = str(share / "trainer.py")
+    shutil.copyfile(Path(__file__).with_name("trainer.py"), fleet.trainer)
+    try:
+        if image and shutil.which("podman"):
+            from .image import ImageError, build_image
+
+            _write_storage_conf(fleet.image_store / "storage.conf", fleet.image_store)
+            try:
+                fleet.image = build_image("podman", env=fleet.container_env())
+            except ImageError as exc:
+                raise FleetError(f"could not build the trainer image: {exc}") from None
+        for i in range(nodes):
+            is_standby = i >= nodes - standby
+            address = f"{prefix}.{int(last) + 1 + i}"
+            name = f"standby{i - (nodes - standby) + 1}" if is_standby else f"node{i + 1}"
+            node = Node(name=name, address=address, port=_free_port(address), cloud=clouds[i % len(clouds)],
+                        standby=is_standby, root=str(directory / "nodes" / name), gpus=gpus)
+            fleet.nodes.append(node)
+            _prepare_node(fleet, node)
+        _write_known_hosts(fleet)
+        for node in fleet.nodes:
+            _write_client_config(fleet, node)
+            _start_node(fleet, node)
+            fleet.save()
+        _wait_ready(fleet)
+        write_inventory(fleet)
+        fleet.save()
+    except BaseException:
+        fleet.save()
+        down(directory, log=lambda *_: None)
+        raise
+    described = ", ".join(f"{n.name} ({n.cloud}{' standby' if n.standby else ''}) {n.address}:{n.port}"
+                          for n in fleet.nodes)
+    log(f"fleet {fleet.fleet_id} up in {directory}: {described}")
+    log(f"inventory: {fleet.inventory_path}")
+    return fleet
+
+
+def _prepare_node(fleet: Fleet, node: Node) -> None:
+    paths = node.paths
+    for key in ("checkpoints", "workloads", "state", "bin", "ssh"):
+        Path(paths[key]).mkdir(parents=True, exist_ok=True)
+    hostkey = Path(paths["ssh"]) / "ssh_host_ed25519_key"
+    result = _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{node.name}-host", "-f", str(hostkey)])
+    if result.returncode != 0:
+        raise FleetError(f"ssh-keygen for {node.name}'s host key failed: {result.stderr.strip()}")
+    state = nvidia_smi.default_state(node.gpus, seed=f"{fleet.fleet_id}/{node.name}")
+    Path(paths["gpu_state"]).write_text(json.dumps(state, indent=2))
+    nvidia_smi.install(Path(paths["bin"]), Path(paths["gpu_state"]))
+    _write_storage_conf(Path(node.root) / "storage.conf", Path(node.root) / "containers",
+                        fleet.image_store / "storage" if fleet.image else None)
+    env = {
+        "PATH": f"{paths['bin']}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "SPOT_NODE": node.name,
+        "SPOT_NODE_ROOT": node.root,
+        "SPOT_FLEET_ID": fleet.fleet_id,
+        nvidia_smi.STATE_ENV: paths["gpu_state"],
+        **fleet.container_env(node),
+    }
+    config = [
+        f"ListenAddress {node.address}:{node.port}",
+        f"HostKey {hostkey}",
+        f"PidFile {Path(paths['ssh']) / 'sshd.pid'}",
+        f"AuthorizedKeysFile {fleet.keys['authorized']}",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        "StrictModes no",
+        "PermitRootLogin prohibit-password",
+        "MaxStartups 100:30:200",
+        "MaxSessions 100",
+        "LogLevel ERROR",
+        "Subsystem sftp internal-sftp",
+        "SetEnv " + " ".join(f'{k}="{v}"' for k, v in env.items()),
+    ]
+    (Path(paths["ssh"]) / "sshd_config").write_text("\n".join(config) + "\n")
+
+
+def _write_storage_conf(path: Path, base: Path, shared: Path | None = None) -> None:
+    """Container storage of one node (or of the shared image store): vfs, so it works for any user."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = f'[storage]\ndriver = "vfs"\ngraphroot = "{base / "storage"}"\nrunroot = "{base / "run"}"\n'
+    if shared:
+        text += f'[storage.options]\nadditionalimagestores = ["{shared}"]\n'
+    path.write_text(text)
+
+
+def _write_known_hosts(fleet: Fleet) -> None:
+    lines = []
+    for node in fleet.nodes:
+        key = (Path(node.paths["ssh"]) / "ssh_host_ed25519_key.pub").read_text().split()
+        lines.append(f"[{node.address}]:{node.port} {key[0]} {key[1]}")
+    Path(fleet.keys["known_hosts"]).write_text("\n".join(lines) + "\n")
+
+
+def _write_client_config(fleet: Fleet, node: Node) -> None:
+    """Each node's own ssh client configuration: how it reaches the others, host keys checked."""
+    lines = []
+    for other in fleet.nodes:
+        lines += [f"Host {other.name} {other.address}", f"  HostName {other.address}", f"  Port {other.port}", ""]
+    lines += ["Host *", f"  User {fleet.user}", f"  IdentityFile {fleet.keys['private']}", "  IdentitiesOnly yes",
+              f"  UserKnownHostsFile {fleet.keys['known_hosts']}", "  StrictHostKeyChecking yes", "  BatchMode yes",
+              "  ConnectTimeout 5"]
+    Path(node.paths["ssh_config"]).write_text("\n".join(lines) + "\n")
+
+
+def _start_node(fleet: Fleet, node: Node) -> None:
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    log = open(Path(node.root) / "sshd.log", "ab")
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(Path(node.paths["ssh"]) / "sshd_config")],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    node.sshd_pid = proc.pid
+    sim = control.spawn_metadata(node.cloud, Path(node.root) / "state", host=node.address, name=node.name)
+    node.metadata_pid = sim.pid
+    node.metadata_url = sim.url
+
+
+def _wait_ready(fleet: Fleet, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    pending = list(fleet.nodes)
+    while pending and time.monotonic() < end:
+        for node in list(pending):
+            if not _alive(node.sshd_pid):
+                tail = (Path(node.root) / "sshd.log").read_text(errors="replace")[-500:]
+                raise FleetError(f"sshd for {node.name} exited: {tail.strip()}")
+            if _ssh_banner(node.address, node.port):
+                pending.remove(node)
+        time.sleep(0.05)
+    if pending:
+        raise FleetError(f"sshd did not answer within {timeout} s on: {', '.join(n.name for n in pending)}")
+
+
+def write_inventory(fleet: Fleet) -> Path:
+    keys = fleet.keys
+    common = {
+        "ansible_user": fleet.user,
+        "ansible_ssh_private_key_file": keys["private"],
+        # Host keys are checked against the fleet's own known_hosts, never skipped.
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={keys['known_hosts']} -o StrictHostKeyChecking=yes "
+                                   "-o IdentitiesOnly=yes",
+        "ansible_python_interpreter": fleet.python,
+        "spot_fleet_dir": fleet.dir,
+        "spot_fleet_id": fleet.fleet_id,
+        "spot_trainer": fleet.trainer,
+        "spot_trainer_image": fleet.image or None,
+    }
+    groups: dict[str, dict[str, Any]] = {"spot": {"hosts": {}}, "standby": {"hosts": {}}}
+    for node in fleet.nodes:
+        paths = node.paths
+        groups["standby" if node.standby else "spot"]["hosts"][node.name] = {
+            "ansible_host": node.address,
+            "ansible_port": node.port,
+            "spot_provider": node.cloud,
+            "spot_metadata_url": node.metadata_url,
+            "spot_node_root": node.root,
+            "spot_checkpoint_root": paths["checkpoints"],
+            "spot_workload_root": paths["workloads"],
+            "spot_ssh_config": paths["ssh_config"],
+            "spot_gpu_count": node.gpus,
+            "spot_lifecycle": "on-demand" if node.standby else "spot",
+        }
+    inventory = {"all": {"vars": common, "children": groups}}
+    fleet.inventory_path.write_text("# Written by spot-migration fleet up; rewritten on every up.\n"
+                                    + yaml.safe_dump(inventory, sort_keys=False))
+    return fleet.inventory_path
+
+
+# ---------------------------------------------------------------------- down, status, inject
+
+def _workload_pids(node: Node) -> list[tuple[int, str | None]]:
+    found = []
+    root = Path(node.paths["workloads"])
+    for pidfile in root.glob("*/workload.pid"):
+        try:
+            info = json.loads(pidfile.read_text())
+            found.append((int(info["pid"]), info.get("start_ticks")))
+        except (OSError, ValueError, KeyError):
+            continue
+    return found
+
+
+def _same_process(pid: int, ticks: str | None) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != "Z" and (ticks is None or fields[19] == ticks)
+
+
+def down(directory: Path, log=print) -> list[int]:
+    """Stop everything the fleet started: workloads on its nodes, containers it labelled, sshd and simulators."""
+    fleet = Fleet.load(Path(directory))
+    stopped = []
+    for node in fleet.nodes:
+        for pid, ticks in _workload_pids(node):
+            if _same_process(pid, ticks):
+                _stop_pid(pid)
+                stopped.append(pid)
+        if shutil.which("podman") and (Path(node.root) / "containers").exists():
+            # Each node has its own container storage: remove every container in it.
+            subprocess.run(["podman", "rm", "--force", "--all", "--time", "5"],
+                           env=dict(os.environ, **fleet.container_env(node)), capture_output=True, check=False)
+        for pid in (node.sshd_pid, node.metadata_pid):
+            if _alive(pid):
+                _stop_pid(pid)
+                stopped.append(pid)
+    log(f"fleet {fleet.fleet_id} down in {directory}: stopped {len(stopped)} process(es)")
+    return stopped
+
+
+def status(directory: Path) -> list[dict[str, Any]]:
+    fleet = Fleet.load(Path(directory))
+    rows = []
+    for node in fleet.nodes:
+        notices = None
+        if _alive(node.metadata_pid):
+            try:
+                notices = [n["kind"] for n in control.state(node.metadata_url)["notices"]]
+            except control.SimulatorError:
+                notices = None
+        workloads = [pid for pid, ticks in _workload_pids(node) if _same_process(pid, ticks)]
+        rows.append({"name": node.name, "cloud": node.cloud, "standby": node.standby,
+                     "ssh": f"{node.address}:{node.port}", "sshd": _alive(node.sshd_pid) and _ssh_banner(node.address, node.port),
+                     "metadata": _alive(node.metadata_pid), "notices": notices, "workload_pids": workloads})
+    return rows
+
+
+def inject(directory: Path, node_name: str, notice: str, **extra: Any) -> dict[str, Any]:
+    fleet = Fleet.load(Path(directory))
+    node = fleet.node(node_name)
+    if node.standby and notice != "clear":
+        raise FleetError(f"{node.name} is an on-demand standby node; standby nodes never get notices")
+    if not _alive(node.metadata_pid):
+        raise FleetError(f"{node.name}'s metadata simulator (pid {node.metadata_pid}) is not running; is the fleet up?")
+    return control.inject(node.metadata_url, notice, **extra)
