@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests and the local fleet use.
-DEB_PACKAGES=(git rsync openssh-server openssh-client)
+DEB_PACKAGES=(git rsync openssh-server openssh-client podman runc busybox-static shellcheck)
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -53,7 +53,7 @@ workloads:
   elements: dict
   contains:
     name: {description: Name., type: str}
-    runtime: {description: docker, podman or process., type: str}
+    runtime: {description: "docker, podman or process.", type: str}
     running: {description: Whether it runs., type: bool}
     pid: {description: Process id while it runs., type: int}
     container_id: {description: Container id., type: str}

@@ -27,7 +27,7 @@ wait "$trainer"
 echo "== checkpoint_info"
 adhoc -m spot.migration.checkpoint_info -a "path=$work/ckpt"
 adhoc -m spot.migration.checkpoint_info -a "path=$work/ckpt format=dcp"
-newest=$(ls -d "$work"/ckpt/dcp-step-* | sort -V | tail -1)
+newest=$(find "$work/ckpt" -maxdepth 1 -name "dcp-step-*" -type d | sort -V | tail -1)
 echo "== checkpoint_manifest present + verified on $newest"
 adhoc -m spot.migration.checkpoint_manifest -a "path=$newest"
 adhoc -m spot.migration.checkpoint_manifest -a "path=$newest state=verified"
