@@ -360,6 +360,9 @@ def write_inventory(fleet: Fleet) -> Path:
         "ansible_ssh_common_args": f"-o UserKnownHostsFile={keys['known_hosts']} -o StrictHostKeyChecking=yes "
                                    "-o IdentitiesOnly=yes",
         "ansible_python_interpreter": fleet.python,
+        # An sshd running as an ordinary user cannot hand out terminals; modules need none.
+        "ansible_ssh_use_tty": False,
+        "ansible_pipelining": True,
         "spot_fleet_dir": fleet.dir,
         "spot_fleet_id": fleet.fleet_id,
         "spot_trainer": fleet.trainer,
@@ -409,8 +412,29 @@ def _same_process(pid: int, ticks: str | None) -> bool:
     return fields[0] != "Z" and (ticks is None or fields[19] == ticks)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Processes below ``pid`` (sshd's per-connection sessions and what they run), deepest first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    stack = list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(children.get(child, []))
+    return list(reversed(found))
+
+
 def down(directory: Path, log=print) -> list[int]:
-    """Stop everything the fleet started: workloads on its nodes, containers it labelled, sshd and simulators."""
+    """Stop everything the fleet started: workloads on its nodes, their containers, the sessions its sshds
+    opened, the sshds and the simulators."""
     fleet = Fleet.load(Path(directory))
     stopped = []
     for node in fleet.nodes:
@@ -422,6 +446,9 @@ def down(directory: Path, log=print) -> list[int]:
             # Each node has its own container storage: remove every container in it.
             subprocess.run(["podman", "rm", "--force", "--all", "--time", "5"],
                            env=dict(os.environ, **fleet.container_env(node)), capture_output=True, check=False)
+        if _alive(node.sshd_pid):
+            for pid in _descendants(node.sshd_pid):
+                _stop_pid(pid, timeout=2.0)
         for pid in (node.sshd_pid, node.metadata_pid):
             if _alive(pid):
                 _stop_pid(pid)
