@@ -1,0 +1,169 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) spot.migration contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Where should a workload go? Rank candidate hosts by GPU capacity and policy, and hold reservations so
+two migrations running at once never take the same GPUs. Plain values in and out, no Ansible imports:
+the ``pick_target`` filter, the ``target_reservation`` module and the watcher share it."""
+
+from __future__ import absolute_import, division, print_function
+
+import errno
+import fcntl
+import json
+import os
+import time
+
+__metaclass__ = type
+
+
+class PlacementError(Exception):
+    def __init__(self, message, **details):
+        super(PlacementError, self).__init__(message)
+        self.details = details
+
+
+def rank_candidates(candidates, gpus=1, min_free_memory_mb=0, exclude=(), reservations=None):
+    """Rank hosts for a workload needing ``gpus`` GPUs with ``min_free_memory_mb`` free each.
+
+    ``candidates``: list of dicts with ``host``, ``free_gpus`` (indices), ``gpus`` (gpu_info's list),
+    ``lifecycle`` (``on-demand``/``standby`` or ``spot``), ``evicting`` (bool), ``blind`` (bool).
+    ``reservations``: {host: [gpu indices held by other migrations]}.
+
+    Returns ``(ranked, rejected)``: ranked dicts (best first) with ``host``, ``gpus`` (the indices to use),
+    ``lifecycle``, ``free_memory_mb``; rejected dicts with ``host`` and ``reason``. Ties are broken by
+    host name, so the same inputs always give the same answer.
+    """
+    reservations = reservations or {}
+    gpus = int(gpus or 0)
+    ranked, rejected = [], []
+    for cand in candidates:
+        host = cand.get('host')
+        if host in exclude:
+            rejected.append({'host': host, 'reason': 'excluded (the source, or asked to skip it)'})
+            continue
+        if cand.get('blind'):
+            rejected.append({'host': host, 'reason': 'blind: %s' % (cand.get('error') or 'its probe failed')})
+            continue
+        if cand.get('evicting'):
+            rejected.append({'host': host, 'reason': 'has an eviction notice of its own'})
+            continue
+        held = set(int(g) for g in reservations.get(host, []))
+        by_index = dict((g.get('index'), g) for g in cand.get('gpus') or [])
+        usable = []
+        for index in cand.get('free_gpus') or []:
+            if index in held:
+                continue
+            free_mb = (by_index.get(index) or {}).get('memory_free_mb')
+            if min_free_memory_mb and (free_mb is None or free_mb < min_free_memory_mb):
+                continue
+            usable.append(index)
+        if len(usable) < gpus:
+            rejected.append({'host': host, 'reason': '%d usable free GPU(s), %d needed (%d reserved by other migrations)'
+                             % (len(usable), gpus, len(held))})
+            continue
+        chosen = sorted(usable)[:gpus]
+        free_memory = sum((by_index.get(i) or {}).get('memory_free_mb') or 0 for i in usable)
+        lifecycle = cand.get('lifecycle') or 'spot'
+        ranked.append({'host': host, 'gpus': chosen, 'lifecycle': lifecycle, 'free_memory_mb': free_memory,
+                       'free_gpus': len(usable)})
+    # On-demand / standby first (they are not taken away), then most free memory, then the name.
+    ranked.sort(key=lambda r: (0 if r['lifecycle'] in ('on-demand', 'standby') else 1, -r['free_memory_mb'], r['host']))
+    return ranked, rejected
+
+
+class ReservationBook:
+    """Reservations in one JSON file on the controller, changed only under an exclusive lock."""
+
+    def __init__(self, path, clock=time.time):
+        self.path = path
+        self.clock = clock
+        self._fd = None
+
+    def __enter__(self):
+        directory = os.path.dirname(self.path)
+        if directory and not os.path.isdir(directory):
+            try:
+                os.makedirs(directory, 0o700)
+            except OSError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise
+        self._fd = os.open(self.path + '.lock', os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def load(self):
+        try:
+            with open(self.path) as handle:
+                data = json.load(handle)
+        except (IOError, OSError):
+            return {}
+        except ValueError as exc:
+            raise PlacementError('reservation file %s is not JSON (%s); move it aside' % (self.path, exc))
+        now = self.clock()
+        return dict((k, v) for k, v in data.items() if v.get('expires', 0) > now)
+
+    def save(self, entries):
+        tmp = self.path + '.tmp'
+        with open(tmp, 'w') as handle:
+            json.dump(entries, handle, indent=1, sort_keys=True)
+        os.rename(tmp, self.path)
+
+    @staticmethod
+    def held(entries, ignore_owner=None):
+        """{host: [gpu indices]} held by owners other than ``ignore_owner``."""
+        held = {}
+        for owner, entry in entries.items():
+            if owner == ignore_owner:
+                continue
+            held.setdefault(entry['host'], []).extend(entry['gpus'])
+        return held
+
+
+def reserve(path, owner, candidates, gpus=1, min_free_memory_mb=0, exclude=(), ttl=900, target=None,
+            check_mode=False, clock=time.time):
+    """Choose a target (or check the one given) and reserve its GPUs for ``owner``, atomically.
+
+    Re-running with the same owner returns the same reservation unchanged."""
+    with ReservationBook(path, clock) as book:
+        entries = book.load()
+        mine = entries.get(owner)
+        ranked, rejected = rank_candidates(candidates, gpus, min_free_memory_mb, exclude,
+                                           book.held(entries, ignore_owner=owner))
+        if mine and target in (None, mine['host']):
+            return {'changed': False, 'target': mine['host'], 'gpus': mine['gpus'], 'ranked': ranked,
+                    'rejected': rejected, 'expires': mine['expires']}
+        if target is not None:
+            ranked = [r for r in ranked if r['host'] == target]
+            if not ranked:
+                why = [r['reason'] for r in rejected if r['host'] == target] or ['not among the candidates']
+                raise PlacementError('target %s cannot take the workload: %s' % (target, why[0]),
+                                     rejected=rejected)
+        if not ranked:
+            raise PlacementError('no target has capacity for %d GPU(s)%s: %s'
+                                 % (gpus, ' with %d MiB free each' % min_free_memory_mb if min_free_memory_mb else '',
+                                    '; '.join('%s: %s' % (r['host'], r['reason']) for r in rejected) or 'no candidates'),
+                                 rejected=rejected, ranked=[])
+        best = ranked[0]
+        entry = {'host': best['host'], 'gpus': best['gpus'], 'expires': clock() + ttl, 'created': clock()}
+        if not check_mode:
+            entries[owner] = entry
+            book.save(entries)
+        return {'changed': True, 'target': best['host'], 'gpus': best['gpus'], 'ranked': ranked, 'rejected': rejected,
+                'expires': entry['expires']}
+
+
+def release(path, owner, check_mode=False):
+    with ReservationBook(path) as book:
+        entries = book.load()
+        if owner not in entries:
+            return {'changed': False}
+        if not check_mode:
+            del entries[owner]
+            book.save(entries)
+        return {'changed': True}
