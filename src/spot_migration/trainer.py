@@ -127,6 +127,8 @@ class Trainer:
         signal.signal(signal.SIGUSR1, self._on_usr1)
         signal.signal(signal.SIGTERM, self._on_term)
         self.record()
+        if self.args.initial_checkpoint:
+            self.save("initial")
         while not self.stop_requested:
             if self.args.max_steps and self.step >= self.args.max_steps:
                 break
@@ -144,7 +146,8 @@ class Trainer:
         return 0
 
     def _on_usr1(self, signum, frame):
-        self.checkpoint_requested = True
+        if not self.args.ignore_checkpoint_signal:
+            self.checkpoint_requested = True
 
     def _on_term(self, signum, frame):
         self.stop_requested = True
@@ -180,6 +183,9 @@ def main(argv=None):
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: never)")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--progress", default=None, help="JSON progress file")
+    parser.add_argument("--initial-checkpoint", action="store_true", help="write a checkpoint before the first step")
+    parser.add_argument("--ignore-checkpoint-signal", action="store_true",
+                        help="act like a job that cannot checkpoint on demand (SIGUSR1 does nothing)")
     args = parser.parse_args(argv)
     os.makedirs(args.checkpoint_dir, exist_ok=True)
     trainer = Trainer(args)

@@ -1,0 +1,218 @@
+"""ansible-playbook spot.migration.migrate on the local fleet: a real notice, real SSH, rsync between nodes,
+real workloads resumed from the verified checkpoint; failure paths; check mode and re-runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from spot_migration import fleet as fleet_mod
+
+
+@pytest.fixture
+def webhook():
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+    server.server_close()
+
+
+class Migrations:
+    """Deploy workloads, run migrate, look at the result; removes every workload it made, on every node."""
+
+    def __init__(self, fleet, fleet_play, ansible_env, tmp_path):
+        self.fleet, self.play, self.env, self.tmp = fleet, fleet_play, ansible_env, tmp_path
+        self.names: list[str] = []
+        self.records = tmp_path / "records"
+        self.reservations = tmp_path / "reservations.json"
+
+    def deploy(self, node: str, name: str, runtime: str = "process", gpus: int = 1, extra: list[str] | None = None):
+        self.names.append(name)
+        n = self.fleet.node(node)
+        ck = os.path.join(n.paths["checkpoints"], name)
+        args = ["--checkpoint-dir", ck, "--step-time", "0.01", "--progress", os.path.join(ck, "progress.json")]
+        args += (extra or ["--every", "40"])
+        spec = {"name": name, "runtime": runtime, "args": args, "checkpoint_dir": ck,
+                "workload_root": "{{ spot_workload_root }}", "gpus": gpus}
+        if runtime == "process":
+            spec["command"] = ["{{ ansible_python_interpreter }}", self.fleet.trainer]
+        else:
+            spec["image"] = self.fleet.image
+        self.play([{"spot.migration.workload": spec},
+                   {"spot.migration.checkpoint_info": {"path": ck, "wait_timeout": 20}}], hosts=node)
+
+    def migrate(self, source: str, *extra: str, check: bool = True, background: bool = False):
+        cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(self.fleet.inventory_path),
+               "spot.migration.migrate", "-e", f"source={source}", "-e", f"spot_record_dir={self.records}",
+               "-e", f"spot_reservation_file={self.reservations}", *extra]
+        if background:
+            return subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        result = subprocess.run(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                timeout=300, check=False)
+        if check:
+            assert result.returncode == 0, result.stdout[-8000:]
+        return result
+
+    def where(self, name: str) -> dict[str, bool]:
+        """{node: running} for every node that has the workload."""
+        found = {}
+        for node in self.fleet.nodes:
+            spec_dir = Path(node.paths["workloads"]) / name
+            if (spec_dir / "spec.json").exists():
+                info = json.loads((spec_dir / "workload.pid").read_text()) if (spec_dir / "workload.pid").exists() else {}
+                found[node.name] = bool(info) and fleet_mod._same_process(info["pid"], info.get("start_ticks"))
+            storage = Path(node.root) / "containers"
+            if storage.exists():
+                out = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True,
+                                     env=dict(os.environ, **self.fleet.container_env(node)), check=False).stdout
+                if name in out.split():
+                    found[node.name] = True
+        return found
+
+    def records_written(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.records.glob("*.json"))]
+
+    def cleanup(self):
+        for name in self.names:
+            for runtime in ("process", "podman"):
+                self.play({"hosts": "all", "gather_facts": False, "tasks": [
+                    {"spot.migration.workload": {"name": name, "runtime": runtime, "state": "absent",
+                                                 "workload_root": "{{ spot_workload_root }}", "stop_timeout": 5}}]},
+                          check=False)
+
+
+@pytest.fixture
+def migrations(fleet, fleet_play, ansible_env, tmp_path):
+    m = Migrations(fleet, fleet_play, ansible_env, tmp_path)
+    try:
+        yield m
+    finally:
+        m.cleanup()
+        for node in ("node1", "node2", "node3"):
+            fleet_mod.inject(fleet.dir, node, "clear")
+
+
+def _progress(fleet, node: str, name: str) -> dict:
+    return json.loads((Path(fleet.node(node).paths["checkpoints"]) / name / "progress.json").read_text())
+
+
+@pytest.mark.parametrize("source, runtime, notice", [
+    ("node1", "process", "spot_interruption"),  # AWS
+    ("node2", "podman", "preempt"),             # GCP
+    ("node3", "process", "terminate"),          # Azure
+])
+def test_full_migration(fleet, migrations, webhook, source, runtime, notice):
+    url, received = webhook
+    name = f"mig-{source}-{runtime}"
+    migrations.deploy(source, name, runtime)
+    fleet_mod.inject(fleet.dir, source, notice)
+    result = migrations.migrate(source, "-e", json.dumps({"alert_webhooks": [url]}))
+    assert "standby1" in result.stdout
+    [record] = migrations.records_written()
+    [row] = record["migrations"]
+    assert row["workload"] == name and row["source"] == source and row["target"] == "standby1"
+    assert row["provider"] == fleet.node(source).cloud and row["emergency_checkpoint_ok"] is True
+    assert row["bytes"] > 0 and row["checkpoint_step"] > 0 and row["first_new_step"] > row["checkpoint_step"]
+    for key in ("notice_at", "checkpoint_verified_at", "transferred_at", "resumed_at"):
+        assert row[key], key
+    # Running on the target, resumed exactly from the verified step; nowhere else.
+    assert migrations.where(name) == {"standby1": True}
+    progress = _progress(fleet, "standby1", name)
+    assert progress["resumed_from"] == row["checkpoint_step"]
+    assert received and received[0]["migrations"][0]["workload"] == name and name in received[0]["text"]
+
+
+def test_check_mode_plans_then_real_then_rerun_changes_nothing(fleet, migrations):
+    name = "mig-idem"
+    migrations.deploy("node1", name)
+    fleet_mod.inject(fleet.dir, "node1", "spot_interruption")
+    plan = migrations.migrate("node1", "--check")
+    assert f"{name}: node1 -> standby1" in plan.stdout
+    assert migrations.where(name) == {"node1": True}, "check mode moved nothing"
+    assert migrations.records_written() == []
+    migrations.migrate("node1")
+    assert migrations.where(name) == {"standby1": True}
+    again = migrations.migrate("node1")
+    recap = again.stdout[again.stdout.index("PLAY RECAP"):]
+    assert all(" changed=0 " in line for line in recap.splitlines() if "ok=" in line), recap
+    assert "nothing to move" in again.stdout
+    assert len(migrations.records_written()) == 1
+
+
+def test_no_capacity_fails_and_leaves_the_workload_running(fleet, migrations):
+    name = "mig-big"
+    migrations.deploy("node1", name, gpus=2)
+    fleet_mod.inject(fleet.dir, "node1", "spot_interruption")
+    # Every other node is busy: two GPUs needed, at most one free anywhere else.
+    migrations.deploy("standby1", "filler-a", gpus=1)
+    migrations.deploy("node2", "filler-b", gpus=1)
+    migrations.deploy("node3", "filler-c", gpus=1)
+    result = migrations.migrate("node1", check=False)
+    assert result.returncode != 0
+    assert "no target has capacity for 2 GPU(s)" in result.stdout
+    assert "standby1: 1 usable free GPU(s), 2 needed" in result.stdout
+    assert migrations.where(name) == {"node1": True}, "the workload keeps running on the source"
+
+
+def test_late_checkpoint_falls_back_to_the_newest_on_disk(fleet, migrations):
+    name = "mig-late"
+    # A job that cannot checkpoint on demand and checkpoints rarely: only at start and on SIGTERM.
+    migrations.deploy("node2", name, extra=["--ignore-checkpoint-signal", "--initial-checkpoint", "--every", "1000000"])
+    fleet_mod.inject(fleet.dir, "node2", "preempt")
+    result = migrations.migrate("node2", "-e", "deadline=8")
+    assert "it will be stopped and the newest complete checkpoint on disk used" in result.stdout
+    [record] = migrations.records_written()
+    row = record["migrations"][0]
+    assert row["emergency_checkpoint_ok"] is False and row["stopped_by"] == "SIGTERM"
+    assert row["checkpoint_step"] > 0, "the checkpoint written on SIGTERM, not the initial one"
+    assert migrations.where(name) == {"standby1": True}
+    assert _progress(fleet, "standby1", name)["resumed_from"] == row["checkpoint_step"]
+
+
+@pytest.mark.parametrize("transfer", ["relay", "shared"])
+def test_relay_and_shared_transfer(fleet, migrations, transfer):
+    name = f"mig-{transfer}"
+    migrations.deploy("node3", name)
+    fleet_mod.inject(fleet.dir, "node3", "terminate")
+    migrations.migrate("node3", "-e", f"transfer={transfer}")
+    [record] = migrations.records_written()
+    row = record["migrations"][0]
+    assert migrations.where(name) == {"standby1": True}
+    expected_root = fleet.node("node3" if transfer == "shared" else "standby1").paths["checkpoints"]
+    assert row["resumed_from"].startswith(expected_root)
+    assert _progress(fleet, "node3" if transfer == "shared" else "standby1", name)["resumed_from"] == row["checkpoint_step"]
+
+
+def test_two_simultaneous_migrations_take_different_gpus(fleet, migrations):
+    migrations.deploy("node1", "mig-twin-a")
+    migrations.deploy("node2", "mig-twin-b")
+    fleet_mod.inject(fleet.dir, "node1", "spot_interruption")
+    fleet_mod.inject(fleet.dir, "node2", "preempt")
+    procs = [migrations.migrate(src, "-e", "target=standby1", background=True) for src in ("node1", "node2")]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-4000:] for o in outputs)
+    specs = [json.loads((Path(fleet.node("standby1").paths["workloads"]) / n / "spec.json").read_text())
+             for n in ("mig-twin-a", "mig-twin-b")]
+    assert sorted(s["gpus"][0] for s in specs) == [0, 1], specs
