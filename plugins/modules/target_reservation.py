@@ -12,9 +12,9 @@ module: target_reservation
 short_description: Choose a target host for a workload and reserve its GPUs, atomically
 version_added: 1.0.0
 description:
-  - Runs on the controller (C(delegate_to: localhost)). Under an exclusive lock on the reservation file it ranks the
+  - "Runs on the controller (C(delegate_to: localhost)). Under an exclusive lock on the reservation file it ranks the
     candidates as the P(spot.migration.pick_target#filter) filter does, leaving out GPUs other migrations hold, and
-    records the chosen GPUs for O(owner), so two migrations running at the same time never pick the same GPUs.
+    records the chosen GPUs for O(owner), so two migrations running at the same time never pick the same GPUs."
   - Re-running with the same O(owner) returns the reservation already held, unchanged.
   - Reservations expire after O(ttl) seconds, so a crashed migration does not hold GPUs forever.
 author:

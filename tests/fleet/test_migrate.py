@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -97,9 +96,9 @@ class Migrations:
     def cleanup(self):
         for name in self.names:
             for runtime in ("process", "podman"):
-                self.play({"hosts": "all", "gather_facts": False, "tasks": [
-                    {"spot.migration.workload": {"name": name, "runtime": runtime, "state": "absent",
-                                                 "workload_root": "{{ spot_workload_root }}", "stop_timeout": 5}}]},
+                absent = {"name": name, "runtime": runtime, "state": "absent",
+                          "workload_root": "{{ spot_workload_root }}", "stop_timeout": 5}
+                self.play({"hosts": "all", "gather_facts": False, "tasks": [{"spot.migration.workload": absent}]},
                           check=False)
 
 
@@ -150,6 +149,7 @@ def test_check_mode_plans_then_real_then_rerun_changes_nothing(fleet, migrations
     fleet_mod.inject(fleet.dir, "node1", "spot_interruption")
     plan = migrations.migrate("node1", "--check")
     assert f"{name}: node1 -> standby1" in plan.stdout
+    assert f"would move {name}: checkpoint" in plan.stdout and "bytes" in plan.stdout
     assert migrations.where(name) == {"node1": True}, "check mode moved nothing"
     assert migrations.records_written() == []
     migrations.migrate("node1")
