@@ -216,3 +216,22 @@ def test_two_simultaneous_migrations_take_different_gpus(fleet, migrations):
     specs = [json.loads((Path(fleet.node("standby1").paths["workloads"]) / n / "spec.json").read_text())
              for n in ("mig-twin-a", "mig-twin-b")]
     assert sorted(s["gpus"][0] for s in specs) == [0, 1], specs
+
+
+def test_deploy_places_on_the_best_node_and_capacity_shows_it(fleet, migrations):
+    name = "dep-first"
+    migrations.names.append(name)
+    ck = os.path.join(fleet.node("standby1").paths["checkpoints"], name)
+    workload = {"name": name, "command": ["{{ ansible_python_interpreter }}", fleet.trainer],
+                "args": ["--checkpoint-dir", ck, "--step-time", "0.05"], "checkpoint_dir": ck, "gpus": 1}
+    cmd = ["-e", json.dumps({"workload": workload, "spot_reservation_file": str(migrations.reservations)})]
+    result = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(fleet.inventory_path),
+                             "spot.migration.deploy", *cmd], env=migrations.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert f"{name} -> standby1 (GPUs 0)" in result.stdout
+    assert migrations.where(name) == {"standby1": True}
+    table = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(fleet.inventory_path),
+                            "spot.migration.capacity"], env=migrations.env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=300, check=False).stdout
+    assert "standby1     standby   2    1     1" in table
