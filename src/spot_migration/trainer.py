@@ -48,7 +48,8 @@ class Trainer:
         self.checkpoint_requested = False
         self.stop_requested = False
         self.last_checkpoint = None
-        self.padding = bytes(int(args.size_mb * 1024 * 1024))
+        # Random, like real weights and optimizer state: checkpoints do not compress.
+        self.padding = os.urandom(int(args.size_mb * 1024 * 1024))
 
     # ------------------------------------------------------------ training
     def train_step(self):

@@ -1,0 +1,194 @@
+"""Benchmark for issue [D]: one migration on the local fleet, per step, against a raw rsync of the same bytes
+and against the hand-written runbook way of doing it.
+
+Run: .venv/bin/python bench/migration.py [--sizes 10,1024] [--skip-runbook]
+Prints a table and writes bench/out/migration.json. Not a test: it asserts nothing.
+
+* ours: notice injected on node1 (AWS dialect) -> ansible-playbook spot.migration.migrate -> the trainer
+  running on standby1 from the verified checkpoint; the steps come from the migration record.
+* raw rsync: the same checkpoint file, node1 -> standby1, `rsync --archive --whole-file` over the same SSH.
+* runbook: a cron-style check every 30 s, then one ssh command after another: `kill -USR1`, `sleep 10`,
+  `ls -t | head -1`, `rsync -avz`, start the trainer with `--resume`, wait for it to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from spot_migration import collections_path  # noqa: E402
+from spot_migration import fleet as fleet_mod  # noqa: E402
+
+PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+
+
+def ts(text: str | None) -> float | None:
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections_path()), ANSIBLE_NOCOLOR="1",
+                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+
+def play(fleet, tasks, hosts="node1") -> None:
+    path = Path(fleet.dir) / f"bench-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps([{"hosts": hosts, "gather_facts": False, "tasks": tasks}]))
+    result = subprocess.run([PLAYBOOK, "-i", str(fleet.inventory_path), str(path)], env=env(), capture_output=True,
+                            text=True, check=False)
+    if result.returncode:
+        raise SystemExit(result.stdout[-3000:])
+
+
+def deploy(fleet, name: str, size_mb: int) -> str:
+    node = fleet.node("node1")
+    ck = os.path.join(node.paths["checkpoints"], name)
+    play(fleet, [
+        {"spot.migration.workload": {
+            "name": name, "command": ["{{ ansible_python_interpreter }}", fleet.trainer], "checkpoint_dir": ck,
+            "args": ["--checkpoint-dir", ck, "--step-time", "0.01", "--every", "1000000", "--keep", "2",
+                     "--initial-checkpoint", "--size-mb", str(size_mb), "--progress", os.path.join(ck, "progress.json")],
+            "workload_root": "{{ spot_workload_root }}", "gpus": 1}},
+        {"spot.migration.checkpoint_info": {"path": ck, "wait_timeout": 120, "stable_for": 1}},
+    ])
+    return ck
+
+
+def run_ours(fleet, size_mb: int, work: Path) -> dict:
+    name = f"bench-{size_mb}"
+    deploy(fleet, name, size_mb)
+    time.sleep(1)
+    notice = time.time()
+    fleet_mod.inject(fleet.dir, "node1", "spot_interruption")
+    records = work / f"records-{size_mb}"
+    result = subprocess.run([PLAYBOOK, "-i", str(fleet.inventory_path), "spot.migration.migrate", "-e", "source=node1",
+                             "-e", f"spot_record_dir={records}", "-e", f"spot_reservation_file={work / 'res.json'}",
+                             "-e", "resume_timeout=300", "-e", "target=standby1"],
+                            env=env(), capture_output=True, text=True, check=False)
+    done = time.time()
+    fleet_mod.inject(fleet.dir, "node1", "clear")
+    if result.returncode:
+        raise SystemExit(result.stdout[-4000:])
+    row = json.loads(next(records.glob("*.json")).read_text())["migrations"][0]
+    steps = {
+        "detect+plan": ts(row["target_chosen_at"]) - notice,
+        "stop+seal": ts(row["checkpoint_verified_at"]) - ts(row["target_chosen_at"]),
+        "transfer": ts(row["transferred_at"]) - ts(row["transfer_started_at"]),
+        "verify+resume": ts(row["resumed_at"]) - ts(row["transferred_at"]),
+    }
+    play(fleet, [{"spot.migration.workload": {"name": name, "state": "absent",
+                                              "workload_root": "{{ spot_workload_root }}"}}], hosts="standby1")
+    return {"bytes": row["bytes"], "steps_s": {k: round(v, 2) for k, v in steps.items()},
+            "notice_to_resumed_s": round(ts(row["resumed_at"]) - notice, 2),
+            "playbook_s": round(done - notice, 2), "checkpoint_step": row["checkpoint_step"],
+            "first_new_step": row["first_new_step"]}
+
+
+def raw_rsync(fleet, size_mb: int) -> float:
+    node1, target = fleet.node("node1"), fleet.node("standby1")
+    src = os.path.join(node1.paths["checkpoints"], f"raw-{size_mb}.bin")
+    with open(src, "wb") as handle:
+        for _ in range(size_mb):
+            handle.write(os.urandom(1024 * 1024))
+    dest = os.path.join(target.paths["checkpoints"], "raw-copy") + "/"
+    ssh = ["ssh", "-F", node1.paths["ssh_config"], "node1"]
+    start = time.monotonic()
+    subprocess.run(ssh + ["rsync", "--archive", "--whole-file", "--mkpath", "--rsh", f"ssh -F {node1.paths['ssh_config']}",
+                          src, f"{target.address}:{dest}"], check=True, capture_output=True)
+    took = time.monotonic() - start
+    os.unlink(src)
+    shutil.rmtree(dest, ignore_errors=True)
+    return took
+
+
+def run_runbook(fleet, size_mb: int) -> dict:
+    """The hand-written way: poll every 30 s, then ssh commands one after another."""
+    name = f"runbook-{size_mb}"
+    ck = deploy(fleet, name, size_mb)
+    node1, target = fleet.node("node1"), fleet.node("standby1")
+    ssh1 = ["ssh", "-F", node1.paths["ssh_config"], "node1"]
+    ssh_t = ["ssh", "-F", node1.paths["ssh_config"], "standby1"]
+    pid = json.loads((Path(node1.paths["workloads"]) / name / "workload.pid").read_text())["pid"]
+    # The notice lands at a random point of the cron cycle: on average half a period before the next check.
+    cron_period = 30.0
+    notice = time.time()
+    fleet_mod.inject(fleet.dir, "node1", "spot_interruption")
+    time.sleep(cron_period / 2)
+    detected = time.time()
+    subprocess.run(ssh1 + ["kill", "-USR1", str(pid)], check=True)
+    subprocess.run(ssh1 + ["sleep", "10"], check=True)
+    newest = subprocess.run(ssh1 + [f"ls -t {ck}/*.safetensors | head -1"], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    moved = time.time()
+    dest_dir = os.path.join(target.paths["checkpoints"], name)
+    subprocess.run(ssh1 + ["rsync", "-avz", "--mkpath", "--rsh", f"ssh -F {node1.paths['ssh_config']}", newest,
+                           f"{target.address}:{dest_dir}/"], check=True, capture_output=True)
+    copied = time.time()
+    subprocess.run(ssh1 + ["kill", "-TERM", str(pid)], check=True)
+    resume = os.path.join(dest_dir, os.path.basename(newest))
+    subprocess.run(ssh_t + [f"nohup {fleet.python} {fleet.trainer} --checkpoint-dir {dest_dir} --resume {resume} "
+                            f"--step-time 0.01 --every 1000000 --initial-checkpoint --progress {dest_dir}/progress.json "
+                            f"> {dest_dir}/log 2>&1 & echo $! > {dest_dir}/pid"], check=True)
+    progress = Path(dest_dir) / "progress.json"
+    while not (progress.exists() and json.loads(progress.read_text()).get("resumed_from") is not None):
+        time.sleep(0.05)
+    running = time.time()
+    fleet_mod.inject(fleet.dir, "node1", "clear")
+    fleet_mod._stop_pid(int((Path(dest_dir) / "pid").read_text()))
+    play(fleet, [{"spot.migration.workload": {"name": name, "state": "absent",
+                                              "workload_root": "{{ spot_workload_root }}"}}])
+    return {"notice_to_running_s": round(running - notice, 2),
+            "steps_s": {"cron wait": round(detected - notice, 2), "signal+sleep+ls": round(moved - detected, 2),
+                        "rsync -avz": round(copied - moved, 2), "resume": round(running - copied, 2)}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="10,1024", help="checkpoint sizes in MiB")
+    parser.add_argument("--skip-runbook", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="spot-bench-mig-"))
+    fleet = fleet_mod.up(work / "fleet", nodes=3, standby=1, base_address="127.0.60.10", log=lambda *_: None)
+    report = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"), "sizes": {}}
+    try:
+        for size in (int(s) for s in args.sizes.split(",")):
+            ours = run_ours(fleet, size, work)
+            raw = raw_rsync(fleet, size)
+            entry = {"ours": ours, "raw_rsync_s": round(raw, 2),
+                     "transfer_vs_rsync": round(ours["steps_s"]["transfer"] / raw, 2) if raw else None}
+            if not args.skip_runbook:
+                entry["runbook"] = run_runbook(fleet, size)
+                entry["speedup_vs_runbook"] = round(entry["runbook"]["notice_to_running_s"] / ours["notice_to_resumed_s"], 2)
+            report["sizes"][f"{size} MiB"] = entry
+            print(json.dumps({f"{size} MiB": entry}), flush=True)
+    finally:
+        fleet_mod.down(work / "fleet", log=lambda *_: None)
+        shutil.rmtree(work, ignore_errors=True)
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "migration.json").write_text(json.dumps(report, indent=2))
+    print(f"\nmachine: {report['machine']}, {report['date']}")
+    print(f"{'size':>9} {'notice->resumed':>16} {'detect+plan':>12} {'stop+seal':>10} {'transfer':>9} {'raw rsync':>10} "
+          f"{'ratio':>6} {'verify+resume':>14} {'runbook':>8} {'speedup':>8}")
+    for size, e in report["sizes"].items():
+        s = e["ours"]["steps_s"]
+        print(f"{size:>9} {e['ours']['notice_to_resumed_s']:>15}s {s['detect+plan']:>11}s {s['stop+seal']:>9}s "
+              f"{s['transfer']:>8}s {e['raw_rsync_s']:>9}s {e['transfer_vs_rsync']:>6} {s['verify+resume']:>13}s "
+              f"{e.get('runbook', {}).get('notice_to_running_s', '-'):>7}s {e.get('speedup_vs_runbook', '-'):>8}")
+
+
+if __name__ == "__main__":
+    main()
