@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -106,8 +107,9 @@ def raw_rsync(fleet, size_mb: int) -> float:
     dest = os.path.join(target.paths["checkpoints"], "raw-copy") + "/"
     ssh = ["ssh", "-F", node1.paths["ssh_config"], "node1"]
     start = time.monotonic()
-    subprocess.run(ssh + ["rsync", "--archive", "--whole-file", "--mkpath", "--rsh", f"ssh -F {node1.paths['ssh_config']}",
-                          src, f"{target.address}:{dest}"], check=True, capture_output=True)
+    subprocess.run(ssh + [shlex.join(["rsync", "--archive", "--whole-file", "--mkpath", "--rsh",
+                                      f"ssh -F {node1.paths['ssh_config']}", src, f"{target.address}:{dest}"])],
+                   check=True, capture_output=True)
     took = time.monotonic() - start
     os.unlink(src)
     shutil.rmtree(dest, ignore_errors=True)
@@ -134,8 +136,8 @@ def run_runbook(fleet, size_mb: int) -> dict:
                             text=True).stdout.strip()
     moved = time.time()
     dest_dir = os.path.join(target.paths["checkpoints"], name)
-    subprocess.run(ssh1 + ["rsync", "-avz", "--mkpath", "--rsh", f"ssh -F {node1.paths['ssh_config']}", newest,
-                           f"{target.address}:{dest_dir}/"], check=True, capture_output=True)
+    subprocess.run(ssh1 + [shlex.join(["rsync", "-avz", "--mkpath", "--rsh", f"ssh -F {node1.paths['ssh_config']}",
+                                       newest, f"{target.address}:{dest_dir}/"])], check=True, capture_output=True)
     copied = time.time()
     subprocess.run(ssh1 + ["kill", "-TERM", str(pid)], check=True)
     resume = os.path.join(dest_dir, os.path.basename(newest))

@@ -235,3 +235,25 @@ def test_deploy_places_on_the_best_node_and_capacity_shows_it(fleet, migrations)
                             "spot.migration.capacity"], env=migrations.env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, timeout=300, check=False).stdout
     assert "standby1     standby   2    1     1" in table
+
+
+def test_target_lost_mid_transfer_moves_on_to_the_next_target(fleet, migrations):
+    name = "mig-lost-target"
+    migrations.deploy("node1", name)
+    fleet_mod.inject(fleet.dir, "node1", "spot_interruption")
+    # node1 can no longer reach standby1 (as if it died under the transfer); the controller still sees it.
+    config = Path(fleet.node("node1").paths["ssh_config"])
+    original = config.read_text()
+    standby = fleet.node("standby1")
+    config.write_text(original.replace(f"  Port {standby.port}\n", "  Port 9\n", 1))
+    try:
+        result = migrations.migrate("node1")
+    finally:
+        config.write_text(original)
+    assert f"transfer of {name} to standby1 failed" in result.stdout
+    [record] = migrations.records_written()
+    row = record["migrations"][0]
+    assert row["failed_targets"] == ["standby1"] and row["target"] in ("node2", "node3")
+    assert migrations.where(name) == {row["target"]: True}
+    assert _progress(fleet, row["target"], name)["resumed_from"] == row["checkpoint_step"]
+    assert not list(Path(standby.paths["checkpoints"]).glob(".spot-staging/*")), "staging on the lost target cleaned"
