@@ -257,3 +257,19 @@ def test_target_lost_mid_transfer_moves_on_to_the_next_target(fleet, migrations)
     assert migrations.where(name) == {row["target"]: True}
     assert _progress(fleet, row["target"], name)["resumed_from"] == row["checkpoint_step"]
     assert not list(Path(standby.paths["checkpoints"]).glob(".spot-staging/*")), "staging on the lost target cleaned"
+
+
+def test_unreachable_source_fails_loudly(fleet, migrations, tmp_path):
+    import yaml
+    inventory = yaml.safe_load(fleet.inventory_path.read_text())
+    inventory["all"]["children"]["spot"]["hosts"]["node3"]["ansible_port"] = 9
+    broken = tmp_path / "inventory.yml"
+    broken.write_text(yaml.safe_dump(inventory))
+    result = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(broken),
+                             "spot.migration.migrate", "-e", "source=node3", "-e", f"spot_record_dir={migrations.records}",
+                             "-e", f"spot_reservation_file={migrations.reservations}"],
+                            env=migrations.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=300, check=False)
+    assert result.returncode != 0
+    assert "source node3 was unreachable before the emergency checkpoint: nothing was moved" in result.stdout
+    assert "nothing to move" not in result.stdout and migrations.records_written() == []
