@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -273,3 +274,35 @@ def test_unreachable_source_fails_loudly(fleet, migrations, tmp_path):
     assert result.returncode != 0
     assert "source node3 was unreachable before the emergency checkpoint: nothing was moved" in result.stdout
     assert "nothing to move" not in result.stdout and migrations.records_written() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system to fill needs root")
+def test_target_disk_full_mid_transfer_moves_on_to_the_next_target(fleet, migrations):
+    name = "mig-disk-full"
+    migrations.deploy("node2", name, extra=["--every", "40", "--size-mb", "4"])
+    fleet_mod.inject(fleet.dir, "node2", "preempt")
+    staging = Path(fleet.node("standby1").paths["checkpoints"]) / ".spot-staging"
+    staging.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(staging)], check=True)
+    try:
+        result = migrations.migrate("node2")
+        leftovers = list(staging.iterdir())
+    finally:
+        subprocess.run(["umount", str(staging)], check=False)
+    assert f"transfer of {name} to standby1 failed" in result.stdout and "No space left on device" in result.stdout
+    row = migrations.records_written()[0]["migrations"][0]
+    assert row["failed_targets"] == ["standby1"] and row["target"] in ("node1", "node3")
+    assert migrations.where(name) == {row["target"]: True}
+    assert leftovers == [], "the partial copy on the full target was cleaned up"
+
+
+def test_notice_cancelled_mid_migration_finishes_the_move(fleet, migrations):
+    name = "mig-cancelled"
+    migrations.deploy("node3", name)
+    fleet_mod.inject(fleet.dir, "node3", "terminate")
+    proc = migrations.migrate("node3", background=True)
+    time.sleep(4)
+    fleet_mod.inject(fleet.dir, "node3", "clear")  # the cloud changed its mind
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-4000:]
+    assert migrations.where(name) == {"standby1": True}, "the migration finishes: one copy, on the target"
