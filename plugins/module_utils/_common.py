@@ -28,8 +28,10 @@ def fail_on_exception(module, exceptions=None):
     from ._checkpoint import CheckpointError
     from ._gpu import GpuError
     from ._notice import NoticeError
+    from ._placement import PlacementError
     from ._workload import WorkloadError
-    handled = tuple(exceptions or ()) + (SpotMigrationError, NoticeError, GpuError, CheckpointError, WorkloadError)
+    handled = tuple(exceptions or ()) + (SpotMigrationError, NoticeError, GpuError, CheckpointError, WorkloadError,
+                                         PlacementError)
     try:
         yield
     except handled as exc:

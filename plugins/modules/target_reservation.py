@@ -101,7 +101,8 @@ rejected:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.spot.migration.plugins.module_utils._placement import PlacementError, release, reserve
+from ansible_collections.spot.migration.plugins.module_utils._common import fail_on_exception
+from ansible_collections.spot.migration.plugins.module_utils._placement import release, reserve
 
 
 def main():
@@ -120,15 +121,13 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    try:
+    with fail_on_exception(module):
         if p['state'] == 'absent':
             result = release(p['path'], p['owner'], module.check_mode)
             result['rejected'] = []
         else:
             result = reserve(p['path'], p['owner'], p['candidates'], p['gpus'], p['min_free_memory_mb'], p['exclude'],
                              p['ttl'], p['target'], module.check_mode)
-    except PlacementError as exc:
-        module.fail_json(msg=str(exc), **exc.details)
     module.exit_json(**result)
 
 

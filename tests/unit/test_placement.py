@@ -1,0 +1,84 @@
+"""Target ranking and reservations: deterministic, policy-ordered, and never the same GPUs twice."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from ansible_collections.spot.migration.plugins.filter.pick_target import pick_target
+from ansible_collections.spot.migration.plugins.filter.rebase_paths import rebase_paths
+from ansible_collections.spot.migration.plugins.module_utils._placement import PlacementError, rank_candidates, release, reserve
+
+
+def cand(host, free, lifecycle="spot", memory=80000, **more):
+    gpus = [{"index": i, "memory_free_mb": memory} for i in range(4)]
+    return dict({"host": host, "free_gpus": free, "gpus": gpus, "lifecycle": lifecycle}, **more)
+
+
+def test_on_demand_first_then_memory_then_name():
+    ranked, _ = rank_candidates([cand("b", [0, 1]), cand("a", [0, 1]), cand("z", [0], lifecycle="on-demand"),
+                                 cand("c", [0, 1, 2])], gpus=1)
+    assert [r["host"] for r in ranked] == ["z", "c", "a", "b"]
+
+
+@pytest.mark.parametrize("candidate, reason", [
+    (cand("src", [0, 1]), "excluded"),
+    (cand("ev", [0, 1], evicting=True), "eviction notice of its own"),
+    (cand("bl", [0, 1], blind=True, error="GET ...: HTTP 500"), "blind: GET ...: HTTP 500"),
+    (cand("small", [0]), "1 usable free GPU(s), 2 needed"),
+    (cand("lowmem", [0, 1], memory=1000), "0 usable free GPU(s), 2 needed"),
+])
+def test_rejections_say_why(candidate, reason):
+    ranked, rejected = rank_candidates([candidate], gpus=2, min_free_memory_mb=4000, exclude=["src"])
+    assert ranked == [] and reason in rejected[0]["reason"]
+
+
+def test_filter_returns_target_and_reasons():
+    result = pick_target([cand("a", [2, 3]), cand("b", [])], gpus=2)
+    assert result["target"] == "a" and result["gpus"] == [2, 3] and result["rejected"][0]["host"] == "b"
+    assert pick_target([], gpus=1)["target"] is None
+
+
+def test_reservations_keep_concurrent_migrations_apart(tmp_path):
+    book = str(tmp_path / "res.json")
+    candidates = [cand("standby", [0, 1], lifecycle="on-demand")]
+    results = []
+    threads = [threading.Thread(target=lambda o=o: results.append(reserve(book, o, candidates, gpus=1)))
+               for o in ("m1/job", "m2/job")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r["gpus"][0] for r in results) == [0, 1]
+    with pytest.raises(PlacementError, match="no target has capacity"):
+        reserve(book, "m3/job", candidates, gpus=1)
+    m1_gpu = reserve(book, "m1/job", candidates, gpus=1)
+    assert m1_gpu["changed"] is False
+    assert release(book, "m1/job")["changed"] is True and release(book, "m1/job")["changed"] is False
+    assert reserve(book, "m3/job", candidates, gpus=1)["gpus"] == m1_gpu["gpus"], "the released GPU is free again"
+    assert set(json.loads((tmp_path / "res.json").read_text())) == {"m2/job", "m3/job"}
+
+
+def test_reservations_expire(tmp_path):
+    book = str(tmp_path / "res.json")
+    now = [1000.0]
+    reserve(book, "old", [cand("s", [0])], gpus=1, ttl=10, clock=lambda: now[0])
+    now[0] += 11
+    assert reserve(book, "new", [cand("s", [0])], gpus=1, clock=lambda: now[0])["gpus"] == [0]
+
+
+def test_named_target_must_qualify(tmp_path):
+    with pytest.raises(PlacementError, match="target b cannot take the workload: 0 usable free GPU"):
+        reserve(str(tmp_path / "r.json"), "o", [cand("a", [0]), cand("b", [])], gpus=1, target="b")
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("/n1/ck/job", "/n2/ck/job"), ("/n1/ck", "/n2/ck"), ("/n1/ckx/job", "/n1/ckx/job"),
+    ("--dir=/n1/ck/job", "--dir=/n2/ck/job"), (["--x", "/n1/ck/a"], ["--x", "/n2/ck/a"]),
+    ({"checkpoint_dir": "/n1/ck/j", "n": 3}, {"checkpoint_dir": "/n2/ck/j", "n": 3}),
+])
+def test_rebase_paths(value, expected):
+    assert rebase_paths(value, "/n1/ck/", "/n2/ck") == expected
+    assert rebase_paths(value, "", "/n2/ck") == value
