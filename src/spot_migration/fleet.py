@@ -189,7 +189,7 @@ def up(directory: Path, nodes: int = 4, clouds: tuple[str, ...] = CLOUDS, gpus: 
     directory = Path(directory).resolve()
     if not os.access(SSHD, os.X_OK):
         raise FleetError(f"{SSHD} not found: install openssh-server (make setup does, as root)")
-    if nodes < 1 or standby < 0 or standby >= nodes + 1 or standby > nodes:
+    if nodes < 1 or not 0 <= standby <= nodes:
         raise FleetError(f"--nodes {nodes} --standby {standby}: need at least one node and no more standby than nodes")
     for cloud in clouds:
         if cloud not in CLOUDS:

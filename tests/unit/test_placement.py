@@ -18,8 +18,8 @@ def cand(host, free, lifecycle="spot", memory=80000, **more):
 
 
 def test_on_demand_first_then_memory_then_name():
-    ranked, _ = rank_candidates([cand("b", [0, 1]), cand("a", [0, 1]), cand("z", [0], lifecycle="on-demand"),
-                                 cand("c", [0, 1, 2])], gpus=1)
+    ranked = rank_candidates([cand("b", [0, 1]), cand("a", [0, 1]), cand("z", [0], lifecycle="on-demand"),
+                              cand("c", [0, 1, 2])], gpus=1)[0]
     assert [r["host"] for r in ranked] == ["z", "c", "a", "b"]
 
 
