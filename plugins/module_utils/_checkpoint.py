@@ -283,7 +283,7 @@ def _check_orbax(cand, siblings_commit):
         raise Incomplete('no commit_success.txt while other steps have one: not committed')
 
 
-def _check_generic(cand):
+def _check_generic(cand, keep_step=False):
     manifest = read_manifest(cand.path)
     if manifest is None:
         raise Incomplete('no %s' % MANIFEST_NAME)
@@ -293,7 +293,7 @@ def _check_generic(cand):
             raise Incomplete('file %r in the manifest is missing' % rel)
         if sizes[rel] != entry.get('size'):
             raise Incomplete('file %r has %d bytes, the manifest says %s' % (rel, sizes[rel], entry.get('size')))
-    if isinstance(manifest.get('step'), int):
+    if isinstance(manifest.get('step'), int) and not (keep_step and cand.step is not None):
         cand.step = manifest['step']
 
 
@@ -323,13 +323,7 @@ def check_candidate(cand, stable_for=0.0, now=None, siblings_commit=False):
         _check_generic(cand)
     if cand.format != 'generic' and os.path.isdir(cand.path) and os.path.exists(os.path.join(cand.path, MANIFEST_NAME)):
         # A sealed checkpoint must still match its manifest's sizes.
-        _check_generic_sizes(cand)
-
-
-def _check_generic_sizes(cand):
-    step = cand.step
-    _check_generic(cand)
-    cand.step = step if step is not None else cand.step
+        _check_generic(cand, keep_step=True)
 
 
 def _deepspeed_candidates(root):

@@ -296,7 +296,7 @@ def create_backend(backend, run_command, nvidia_smi_path=None, which=None, nvml_
             errors.append(str(exc))
     if backend in ('auto', 'nvidia-smi'):
         path = nvidia_smi_path or (which('nvidia-smi') if which else None)
-        if path and (os.path.isabs(path) and os.access(path, os.X_OK) or not os.path.isabs(path)):
+        if path and (not os.path.isabs(path) or os.access(path, os.X_OK)):
             return NvidiaSmiBackend(run_command, path)
         errors.append('nvidia-smi not found%s' % (' at %s' % nvidia_smi_path if nvidia_smi_path else ' on PATH'))
         raise GpuError('no NVIDIA GPU tooling on this node: %s. Install the NVIDIA driver (it ships both), '

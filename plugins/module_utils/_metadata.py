@@ -26,7 +26,7 @@ try:
 except ImportError:  # pragma: no cover - Python 2 is not supported on nodes
     from urllib import urlencode
 
-from ._notice import (DEFAULT_EVICTING_KINDS, NoticeError, PROVIDERS, iso_utc, parse_aws, parse_azure, parse_gcp)
+from ._notice import (DEFAULT_EVICTING_KINDS, NoticeError, PROVIDERS, make_notice, parse_aws, parse_azure, parse_gcp)
 
 __metaclass__ = type
 
@@ -417,10 +417,8 @@ def check_notice(fetch, params, monotonic=time.monotonic):
     except NoticeError as exc:
         if params.get('fail_on_error', True):
             raise
-        notice = {
-            'evicting': False, 'provider': provider if provider != 'auto' else 'none', 'kind': 'none',
-            'action': None, 'deadline': None, 'seconds_left': None, 'notice_id': None, 'instance_id': None,
-            'raw': {}, 'checked_at': iso_utc(time.time()), 'notices': [], 'error': str(exc),
-        }
+        # Blind, never "quiet": the same shape as a notice, with the error saying why.
+        notice = make_notice(provider if provider != 'auto' else 'none', 'none', None, time.time())
+        notice.update(notices=[], error=str(exc))
     notice['elapsed'] = round(monotonic() - start, 3)
     return notice

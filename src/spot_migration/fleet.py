@@ -115,14 +115,16 @@ class Fleet:
 
 # ---------------------------------------------------------------------- helpers
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, start_ticks: str | None = None) -> bool:
+    """``pid`` runs and is not a zombie (and, given its kernel start time, is still the same process)."""
     if pid <= 0:
         return False
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+            fields = handle.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return False
+    return fields[0] != "Z" and (start_ticks is None or fields[19] == start_ticks)
 
 
 def _stop_pid(pid: int, timeout: float = 5.0) -> None:
@@ -403,15 +405,6 @@ def _workload_pids(node: Node) -> list[tuple[int, str | None]]:
     return found
 
 
-def _same_process(pid: int, ticks: str | None) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[0] != "Z" and (ticks is None or fields[19] == ticks)
-
-
 def _descendants(pid: int) -> list[int]:
     """Processes below ``pid`` (sshd's per-connection sessions and what they run), deepest first."""
     children: dict[int, list[int]] = {}
@@ -439,7 +432,7 @@ def down(directory: Path, log=print) -> list[int]:
     stopped = []
     for node in fleet.nodes:
         for pid, ticks in _workload_pids(node):
-            if _same_process(pid, ticks):
+            if _alive(pid, ticks):
                 _stop_pid(pid)
                 stopped.append(pid)
         if shutil.which("podman") and (Path(node.root) / "containers").exists():
@@ -467,7 +460,7 @@ def status(directory: Path) -> list[dict[str, Any]]:
                 notices = [n["kind"] for n in control.state(node.metadata_url)["notices"]]
             except control.SimulatorError:
                 notices = None
-        workloads = [pid for pid, ticks in _workload_pids(node) if _same_process(pid, ticks)]
+        workloads = [pid for pid, ticks in _workload_pids(node) if _alive(pid, ticks)]
         rows.append({"name": node.name, "cloud": node.cloud, "standby": node.standby,
                      "ssh": f"{node.address}:{node.port}", "sshd": _alive(node.sshd_pid) and _ssh_banner(node.address, node.port),
                      "metadata": _alive(node.metadata_pid), "notices": notices, "workload_pids": workloads})

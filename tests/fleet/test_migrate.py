@@ -82,7 +82,7 @@ class Migrations:
             spec_dir = Path(node.paths["workloads"]) / name
             if (spec_dir / "spec.json").exists():
                 info = json.loads((spec_dir / "workload.pid").read_text()) if (spec_dir / "workload.pid").exists() else {}
-                found[node.name] = bool(info) and fleet_mod._same_process(info["pid"], info.get("start_ticks"))
+                found[node.name] = bool(info) and fleet_mod._alive(info["pid"], info.get("start_ticks"))
             storage = Path(node.root) / "containers"
             if storage.exists():
                 out = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True,
