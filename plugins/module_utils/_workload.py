@@ -474,6 +474,19 @@ def ensure_started(driver, spec, check_mode, recreate=False, start_timeout=10.0)
     return {'changed': True, 'workload': public(state), 'spec': spec}
 
 
+def request_checkpoint(driver, name, spec):
+    """Ask a running workload to checkpoint now, the way its spec says (command or signal); do not wait.
+    Returns how it was asked: ``command`` or the signal's name."""
+    if spec.get('checkpoint_command'):
+        rc, out, err = driver.exec_command(name, spec['checkpoint_command'])
+        if rc != 0:
+            raise WorkloadError('checkpoint_command for %s failed (rc %d): %s' % (name, rc, (err or out).strip()))
+        return 'command'
+    how = spec.get('checkpoint_signal') or 'SIGUSR1'
+    driver.send_signal(name, how)
+    return how
+
+
 def ensure_checkpointed(driver, name, check_mode, deadline=60.0, checkpoint_dir=None, stable_for=0.0):
     """Signal the workload, then wait up to ``deadline`` for a complete checkpoint newer than the signal."""
     current = driver.status(name)
@@ -487,14 +500,7 @@ def ensure_checkpointed(driver, name, check_mode, deadline=60.0, checkpoint_dir=
         return {'changed': True, 'workload': public(current), 'signal': spec.get('checkpoint_signal'),
                 'checkpoint_dir': directory}
     signalled_at = time.time()
-    if spec.get('checkpoint_command'):
-        rc, out, err = driver.exec_command(name, spec['checkpoint_command'])
-        if rc != 0:
-            raise WorkloadError('checkpoint_command for %s failed (rc %d): %s' % (name, rc, (err or out).strip()))
-        how = 'command'
-    else:
-        driver.send_signal(name, spec.get('checkpoint_signal') or 'SIGUSR1')
-        how = spec.get('checkpoint_signal') or 'SIGUSR1'
+    how = request_checkpoint(driver, name, spec)
     try:
         found = wait_for_checkpoint(directory, wait_timeout=deadline, interval=0.1, newer_than=signalled_at - 0.001,
                                     stable_for=stable_for)

@@ -1,4 +1,4 @@
-"""spot.migration controller package: simulators, local fleet, demo and (later) the watcher."""
+"""spot.migration controller package: the watcher, simulators, the local fleet and the demo."""
 
 from __future__ import annotations
 
@@ -27,3 +27,15 @@ def collections_path() -> Path:
             link.unlink()
         link.symlink_to("../../..", target_is_directory=True)
     return base
+
+
+def module_utils(name: str):
+    """Import one of the collection's ``plugins/module_utils`` files (the code the nodes run too), so the
+    controller and the nodes share one implementation of notices, signing and placement."""
+    import importlib
+    import sys
+
+    path = str(collections_path())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return importlib.import_module(f"ansible_collections.spot.migration.plugins.module_utils.{name}")

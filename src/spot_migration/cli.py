@@ -220,3 +220,100 @@ def demo(workdir: Path) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# ---------------------------------------------------------------------- the watcher
+
+def _watch_config(config_path: Path | None, **overrides):
+    from .watch import config as config_mod
+
+    try:
+        return config_mod.load(config_path, **overrides)
+    except config_mod.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command("watch")
+@click.option("--inventory", "-i", default=None, help="Ansible inventory with the spot (and standby) nodes.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="YAML configuration (docs/watcher.md); command-line options override it.")
+@click.option("--listen", default=None, help="HOST:PORT for agent pushes, /healthz and /metrics [127.0.0.1:8787].")
+@click.option("--state-dir", default=None, help="Ledger, run directories and records [~/.local/state/spot-migration].")
+@click.option("--crash-at", default=None, hidden=True, help="Fault injection for tests: SIGKILL itself on entering STATE.")
+def watch_cmd(inventory: str | None, config_path: Path | None, listen: str | None, state_dir: str | None,
+              crash_at: str | None) -> None:
+    """Receive agent pushes, sweep silent nodes, run migrations, keep the ledger. The HMAC secret comes from
+    secret_file in the config or $SPOT_MIGRATION_SECRET, never from the command line."""
+    from .watch.app import Watcher
+    from .watch.config import ConfigError
+
+    config = _watch_config(config_path, inventory=inventory, listen=listen, state_dir=state_dir)
+    try:
+        watcher = Watcher(config, crash_at=crash_at)
+    except (ConfigError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append("SIGTERM"))
+    signal.signal(signal.SIGINT, lambda *_: stop.append("SIGINT"))
+    watcher.start()
+    while not stop:
+        time.sleep(0.2)
+    watcher.log(f"{stop[0]}: finishing the migrations in flight, then stopping")
+    watcher.stop()
+
+
+@main.command("status")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--inventory", "-i", default=None, help="Also ask the nodes which workloads run where.")
+@click.option("--state-dir", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status_cmd(config_path: Path | None, inventory: str | None, state_dir: str | None, as_json: bool) -> None:
+    """Nodes (last heartbeat, blind or not), workloads and where they run, migrations in flight."""
+    from rich.console import Console
+
+    from .watch import actions as actions_mod
+    from .watch import views
+    from .watch.app import inventory_groups
+    from .watch.ledger import Ledger
+
+    config = _watch_config(config_path, inventory=inventory, state_dir=state_dir)
+    if not config.ledger_path.exists():
+        raise click.ClickException(f"no ledger at {config.ledger_path}; is the watcher running with this state dir?")
+    ledger = Ledger(config.ledger_path)
+    spot, workloads = [], None
+    if config.inventory:
+        groups = inventory_groups(config.inventory)
+        spot = groups.get(config.sweep.group, [])
+        hosts = sorted(set(spot) | set(groups.get("standby", [])))
+        acts = actions_mod.Actions(config.inventory, Path(config.state_dir) / "runs", log=lambda *_: None)
+        workloads = actions_mod.locate(acts, f"status-{time.monotonic_ns()}", hosts)
+    data = views.status_data(ledger, spot, config.heartbeat_timeout, workloads)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    views.render_status(data, Console(highlight=False))
+
+
+@main.command("history")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--state-dir", default=None)
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the migrations, their steps and notices as JSON.")
+def history_cmd(config_path: Path | None, state_dir: str | None, limit: int, as_json: bool) -> None:
+    """Past and current migrations from the ledger, newest first."""
+    from rich.console import Console
+
+    from .watch import views
+    from .watch.ledger import Ledger
+
+    config = _watch_config(config_path, state_dir=state_dir)
+    if not config.ledger_path.exists():
+        raise click.ClickException(f"no ledger at {config.ledger_path}")
+    ledger = Ledger(config.ledger_path)
+    rows = ledger.migrations(limit=limit)
+    if as_json:
+        for row in rows:
+            row["transitions"] = ledger.transitions(row["id"])
+        click.echo(json.dumps({"migrations": rows, "notices": ledger.notices(limit)}, indent=2, default=str))
+        return
+    views.render_migrations(rows, Console(highlight=False), "Migrations")

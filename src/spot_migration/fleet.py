@@ -381,6 +381,7 @@ def write_inventory(fleet: Fleet) -> Path:
             "spot_node_root": node.root,
             "spot_checkpoint_root": paths["checkpoints"],
             "spot_workload_root": paths["workloads"],
+            "spot_state_dir": paths["state"],
             "spot_ssh_config": paths["ssh_config"],
             "spot_gpu_count": node.gpus,
             "spot_lifecycle": "on-demand" if node.standby else "spot",
@@ -403,6 +404,17 @@ def _workload_pids(node: Node) -> list[tuple[int, str | None]]:
         except (OSError, ValueError, KeyError):
             continue
     return found
+
+
+def agent_pids(node: Node) -> list[tuple[int, str | None]]:
+    """The eviction agent's supervisor and agent on ``node`` (role spot.migration.eviction_agent), if installed."""
+    pidfile = Path(node.paths["state"]) / "eviction-agent" / "state" / "agent.pid"
+    try:
+        info = json.loads(pidfile.read_text())
+    except (OSError, ValueError):
+        return []
+    return [(int(info[k]), info.get(t)) for k, t in (("supervisor", "start_ticks"), ("agent", "agent_ticks"))
+            if info.get(k)]
 
 
 def _descendants(pid: int) -> list[int]:
@@ -431,7 +443,7 @@ def down(directory: Path, log=print) -> list[int]:
     fleet = Fleet.load(Path(directory))
     stopped = []
     for node in fleet.nodes:
-        for pid, ticks in _workload_pids(node):
+        for pid, ticks in agent_pids(node) + _workload_pids(node):
             if _alive(pid, ticks):
                 _stop_pid(pid)
                 stopped.append(pid)

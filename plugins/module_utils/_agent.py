@@ -1,0 +1,417 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) spot.migration contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The eviction agent: one small process per spot node (role ``spot.migration.eviction_agent``).
+
+It probes the metadata service every second (GCP: a hanging GET) with the same probes as
+``eviction_info`` and, on a new notice, (1) asks the node's workloads to checkpoint at once,
+(2) writes the notice to its state file, (3) pushes it to the watcher, HMAC-signed, retrying with
+backoff until the watcher acknowledges it. Heartbeats say whether the node can see its metadata
+service (quiet) or not (blind). Probe errors never crash it and never become "no notice".
+
+Standard library only; the role copies this file and its siblings onto the node as a package.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from ._http import urllib_fetch
+from ._metadata import make_probe
+from ._notice import DEFAULT_EVICTING_KINDS, NoticeError, iso_utc
+from ._signing import SignatureError, load_secret, sign
+from ._workload import WorkloadError, create_driver, request_checkpoint
+
+__metaclass__ = type
+
+VERSION = '1.0.0'
+DEFAULTS = {
+    'node': None, 'provider': 'auto', 'metadata_url': None, 'imds_version': 'auto', 'watcher_url': None,
+    'secret_file': None, 'state_dir': None, 'workload_root': None, 'runtimes': ['process', 'podman', 'docker'],
+    'container_cli': None, 'poll_interval': 1.0, 'heartbeat_interval': 5.0, 'probe_timeout': 3.0,
+    'evicting_kinds': list(DEFAULT_EVICTING_KINDS), 'signal_workloads': True, 'push_timeout': 5.0,
+    'max_backoff': 5.0, 'gcp_max_hang': 10,
+}
+
+
+class AgentError(Exception):
+    """The agent cannot run as configured; the message names the setting at fault."""
+
+
+def load_config(path):
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (IOError, OSError) as exc:
+        raise AgentError('cannot read agent config %s: %s' % (path, exc))
+    except ValueError as exc:
+        raise AgentError('agent config %s is not JSON: %s' % (path, exc))
+    unknown = sorted(set(data) - set(DEFAULTS))
+    if unknown:
+        raise AgentError('agent config %s has unknown settings: %s' % (path, ', '.join(unknown)))
+    config = dict(DEFAULTS)
+    config.update(data)
+    for key in ('node', 'watcher_url', 'secret_file', 'state_dir'):
+        if not config.get(key):
+            raise AgentError('agent config %s: %s is required' % (path, key))
+    return config
+
+
+def _run(argv):
+    env = dict(os.environ, LC_ALL='C')
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out, err = proc.communicate()
+    return proc.returncode, out.decode('utf-8', 'replace'), err.decode('utf-8', 'replace')
+
+
+def _write_json(path, data):
+    tmp = '%s.%d.tmp' % (path, os.getpid())
+    with open(tmp, 'w') as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+    os.rename(tmp, path)
+
+
+class Agent:
+    """One node's agent. ``fetch`` is the HTTP seam (metadata service and watcher alike)."""
+
+    def __init__(self, config, fetch=urllib_fetch, log=None, clock=time.time, sleep=time.sleep):
+        self.config = config
+        self.fetch = fetch
+        self.clock = clock
+        self.sleep = sleep
+        self.log = log or (lambda msg: sys.stderr.write('%s %s\n' % (iso_utc(clock()), msg)) or sys.stderr.flush())
+        with open(config['secret_file']) as handle:
+            self.secret = load_secret(handle.read(), 'secret file %s' % config['secret_file'])
+        self.state_path = os.path.join(config['state_dir'], 'state.json')
+        self.state = self._load_state()
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.blind_since = None
+        self.blind_error = None
+        self.last_ok = None
+        self.heartbeat_due = 0.0
+        self.probe = None
+
+    # ------------------------------------------------------------------ state file
+    def _load_state(self):
+        try:
+            with open(self.state_path) as handle:
+                state = json.load(handle)
+        except (IOError, OSError, ValueError):
+            state = {}
+        state.setdefault('notices', {})
+        state.setdefault('pending', [])
+        return state
+
+    def _save_state(self):
+        with self.lock:
+            snapshot = json.loads(json.dumps(self.state))
+        _write_json(self.state_path, snapshot)
+
+    # ------------------------------------------------------------------ probing
+    def _make_probe(self):
+        cfg = self.config
+        probe = make_probe(self.fetch, cfg['provider'], cfg['metadata_url'], timeout=cfg['probe_timeout'],
+                           imds_version=cfg['imds_version'], evicting_kinds=cfg['evicting_kinds'])
+        probe.poll_interval = float(cfg['poll_interval'])
+        if hasattr(probe, 'max_hang'):
+            probe.max_hang = int(cfg['gcp_max_hang'])
+        return probe
+
+    def check_once(self):
+        """Probe once and act on what it says. Returns the notice (or None when blind)."""
+        try:
+            if self.probe is None:
+                self.probe = self._make_probe()
+            notice = self.probe.probe()
+        except NoticeError as exc:
+            self._blind(str(exc))
+            return None
+        if self.blind_since is not None:
+            self.log('metadata service answers again after %.1f s blind' % (self.clock() - self.blind_since))
+            self.blind_since, self.blind_error = None, None
+            self.heartbeat_due = 0.0
+            self.wake.set()
+        self.last_ok = self.clock()
+        if notice['kind'] != 'none' and notice['notice_id'] not in self.state['notices']:
+            self.on_notice(notice)
+        return notice
+
+    def _blind(self, error):
+        if self.blind_since is None:
+            self.blind_since = self.clock()
+            self.log('blind: %s' % error)
+            self.heartbeat_due = 0.0  # tell the watcher now, not at the next heartbeat
+            self.wake.set()
+        self.blind_error = error
+
+    def on_notice(self, notice):
+        detected_at = self.clock()
+        signalled = self.signal_workloads() if notice['evicting'] and self.config['signal_workloads'] else []
+        entry = {'notice': dict((k, v) for k, v in notice.items() if k not in ('notices',)),
+                 'detected_at': iso_utc(detected_at), 'detected_epoch': detected_at,
+                 'signalled': signalled, 'signalled_at': iso_utc(self.clock()) if signalled else None,
+                 'acked_at': None}
+        with self.lock:
+            self.state['notices'][notice['notice_id']] = entry
+            self.state['pending'].append(notice['notice_id'])
+        self._save_state()
+        self.log('notice %s: %s %s (evicting: %s); signalled %s' % (
+            notice['notice_id'], notice['provider'], notice['kind'], notice['evicting'],
+            ', '.join('%s (%s)' % (s['name'], s.get('how') or s.get('error')) for s in signalled) or 'no workload'))
+        self.wake.set()
+
+    def signal_workloads(self):
+        """Ask every running workload on this node to checkpoint now; never raises."""
+        done = []
+        for runtime in self.config['runtimes']:
+            try:
+                driver = create_driver(runtime, _run, shutil.which, self.config['workload_root'],
+                                       self.config['container_cli'] if runtime != 'process' else None)
+                names = driver.names()
+            except (WorkloadError, OSError, ValueError) as exc:
+                if runtime == 'process' or 'not installed' not in str(exc):
+                    done.append({'name': None, 'runtime': runtime, 'error': str(exc)})
+                continue
+            for name in names:
+                try:
+                    state = driver.status(name)
+                    if state and state['running']:
+                        how = request_checkpoint(driver, name, state['spec'])
+                        done.append({'name': name, 'runtime': runtime, 'how': how, 'at': iso_utc(self.clock())})
+                except (WorkloadError, OSError, ValueError) as exc:
+                    done.append({'name': name, 'runtime': runtime, 'error': str(exc)})
+        return done
+
+    # ------------------------------------------------------------------ pushing
+    def _post(self, payload):
+        body = json.dumps(payload, sort_keys=True).encode('utf-8')
+        headers = {'Content-Type': 'application/json', 'User-Agent': 'spot-eviction-agent/%s' % VERSION}
+        headers.update(sign(self.secret, body))
+        url = self.config['watcher_url'].rstrip('/') + '/v1/events'
+        try:
+            resp = self.fetch('POST', url, headers, float(self.config['push_timeout']), body)
+        except NoticeError as exc:
+            return False, str(exc)
+        if 200 <= resp.status < 300:
+            return True, None
+        return False, 'HTTP %d from %s: %s' % (resp.status, url, resp.text()[:200])
+
+    def heartbeat_payload(self):
+        now = self.clock()
+        return {'type': 'heartbeat', 'node': self.config['node'], 'sent_at': iso_utc(now),
+                'blind': self.blind_since is not None, 'error': self.blind_error,
+                'blind_since': iso_utc(self.blind_since) if self.blind_since else None,
+                'last_ok_at': iso_utc(self.last_ok) if self.last_ok else None,
+                'provider': getattr(self.probe, 'provider', None), 'agent_version': VERSION,
+                'pending': len(self.state['pending'])}
+
+    def push_once(self):
+        """Send what is due: pending notices first, then a heartbeat. Returns False when a send failed."""
+        with self.lock:
+            pending = list(self.state['pending'])
+        for notice_id in pending:
+            entry = self.state['notices'][notice_id]
+            payload = {'type': 'notice', 'node': self.config['node'], 'notice': entry['notice'],
+                       'detected_at': entry['detected_at'], 'signalled_at': entry['signalled_at'],
+                       'signalled': entry['signalled'], 'sent_at': iso_utc(self.clock())}
+            ok, error = self._post(payload)
+            if not ok:
+                self.log('push of notice %s not acknowledged, will retry: %s' % (notice_id, error))
+                return False
+            with self.lock:
+                entry['acked_at'] = iso_utc(self.clock())
+                self.state['pending'].remove(notice_id)
+            self._save_state()
+            self.log('watcher acknowledged notice %s' % notice_id)
+        if self.clock() >= self.heartbeat_due:
+            ok, error = self._post(self.heartbeat_payload())
+            if not ok:
+                self.log('heartbeat not acknowledged: %s' % error)
+                return False
+            self.heartbeat_due = self.clock() + float(self.config['heartbeat_interval'])
+        return True
+
+    def _sender(self):
+        backoff = 0.2
+        while not self.stopping.is_set():
+            if self.push_once():
+                backoff = 0.2
+                timeout = max(0.05, self.heartbeat_due - self.clock())
+            else:
+                timeout = backoff
+                backoff = min(backoff * 2, float(self.config['max_backoff']))
+            self.wake.wait(timeout)
+            self.wake.clear()
+
+    # ------------------------------------------------------------------ main loop
+    def run(self):
+        self.log('agent %s on %s: watcher %s, provider %s' % (
+            VERSION, self.config['node'], self.config['watcher_url'], self.config['provider']))
+        sender = threading.Thread(target=self._sender, name='sender')
+        sender.daemon = True
+        sender.start()
+        while not self.stopping.is_set():
+            notice = self.check_once()
+            try:
+                if notice is not None and not notice['evicting']:
+                    self.probe.wait_step(float(self.config['gcp_max_hang']))
+                else:
+                    self.sleep(float(self.config['poll_interval']))
+            except NoticeError as exc:
+                self._blind(str(exc))
+                self.sleep(float(self.config['poll_interval']))
+        self.wake.set()
+
+    def stop(self, *_args):
+        self.stopping.set()
+        self.wake.set()
+
+
+# ---------------------------------------------------------------------- the background process
+
+def _start_ticks(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as handle:
+            fields = handle.read().rsplit(')', 1)[1].split()
+    except (IOError, OSError, IndexError):
+        return None
+    return None if fields[0] == 'Z' else fields[19]
+
+
+def read_pidfile(path):
+    """{supervisor, start_ticks, config_digest} of a live supervisor, or None."""
+    try:
+        with open(path) as handle:
+            info = json.load(handle)
+    except (IOError, OSError, ValueError):
+        return None
+    pid = info.get('supervisor')
+    if not pid or _start_ticks(pid) != info.get('start_ticks'):
+        return None
+    return info
+
+
+def supervise(argv, pidfile, log_path, config_digest):
+    """Double-fork a supervisor that keeps ``argv`` running (restarting it a second after it dies) and
+    stops it on SIGTERM. Returns the supervisor's pid once its pid file is written."""
+    read_end, write_end = os.pipe()
+    middle = os.fork()
+    if middle:
+        os.close(write_end)
+        os.waitpid(middle, 0)
+        answer = os.read(read_end, 64).decode() or 'supervisor died before writing its pid file'
+        os.close(read_end)
+        if not answer.isdigit():
+            raise AgentError(answer)
+        return int(answer)
+    os.close(read_end)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    for fd, target in ((devnull, 0), (log, 1), (log, 2)):
+        os.dup2(fd, target)
+    child = {'proc': None}
+    stopping = []
+
+    def _term(*_args):
+        stopping.append(True)
+        if child['proc'] is not None and child['proc'].poll() is None:
+            child['proc'].terminate()
+
+    signal.signal(signal.SIGTERM, _term)
+    _write_json(pidfile, {'supervisor': os.getpid(), 'start_ticks': _start_ticks(os.getpid()),
+                          'config_digest': config_digest, 'started_at': time.time()})
+    os.write(write_end, str(os.getpid()).encode())
+    os.close(write_end)
+    while not stopping:
+        child['proc'] = subprocess.Popen(argv, stdin=devnull, stdout=log, stderr=log, close_fds=True)
+        info = dict(read_pidfile(pidfile) or {}, agent=child['proc'].pid, agent_ticks=_start_ticks(child['proc'].pid))
+        if info.get('supervisor') == os.getpid():
+            _write_json(pidfile, info)
+        child['proc'].wait()
+        if not stopping:
+            time.sleep(1.0)
+    os._exit(0)
+
+
+def stop_supervised(pidfile, timeout=10.0):
+    """Stop the supervisor and its agent; True when something was running."""
+    info = read_pidfile(pidfile)
+    if info is None:
+        return False
+    for pid_key, ticks_key in (('supervisor', 'start_ticks'), ('agent', 'agent_ticks')):
+        pid = info.get(pid_key)
+        if pid and _start_ticks(pid) == info.get(ticks_key):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+    end = time.time() + timeout
+    while time.time() < end and any(info.get(k) and _start_ticks(info[k]) == info.get(t)
+                                    for k, t in (('supervisor', 'start_ticks'), ('agent', 'agent_ticks'))):
+        time.sleep(0.05)
+    for pid_key, ticks_key in (('supervisor', 'start_ticks'), ('agent', 'agent_ticks')):
+        pid = info.get(pid_key)
+        if pid and _start_ticks(pid) == info.get(ticks_key):
+            os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def _digest(path):
+    with open(path, 'rb') as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def main(argv=None):
+    """``spot-eviction-agent --config FILE run|start|stop|status``: prints one JSON line for start/stop/status."""
+    import argparse
+    parser = argparse.ArgumentParser(prog='spot-eviction-agent')
+    parser.add_argument('--config', required=True)
+    parser.add_argument('command', choices=('run', 'start', 'stop', 'status'))
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        pidfile = os.path.join(config['state_dir'], 'agent.pid')
+        if args.command == 'run':
+            agent = Agent(config)
+            signal.signal(signal.SIGTERM, agent.stop)
+            signal.signal(signal.SIGINT, agent.stop)
+            agent.run()
+            return 0
+        if args.command == 'status':
+            info = read_pidfile(pidfile)
+            print(json.dumps({'running': info is not None, 'supervisor': (info or {}).get('supervisor'),
+                              'agent': (info or {}).get('agent')}))
+            return 0
+        if args.command == 'stop':
+            print(json.dumps({'changed': stop_supervised(pidfile)}))
+            return 0
+        digest = _digest(args.config)
+        info = read_pidfile(pidfile)
+        if info is not None and info.get('config_digest') == digest:
+            print(json.dumps({'changed': False, 'supervisor': info['supervisor']}))
+            return 0
+        restarted = stop_supervised(pidfile)
+        Agent(config)  # refuse a bad secret or state dir here, not in the background
+        launcher = [sys.executable, os.path.abspath(sys.argv[0]), '--config', os.path.abspath(args.config), 'run']
+        pid = supervise(launcher, pidfile, os.path.join(config['state_dir'], 'agent.log'), digest)
+        print(json.dumps({'changed': True, 'restarted': restarted, 'supervisor': pid}))
+        return 0
+    except (AgentError, NoticeError, SignatureError, IOError, OSError) as exc:
+        sys.stderr.write('spot-eviction-agent: %s\n' % exc)
+        return 2

@@ -1,0 +1,1 @@
+"""The watcher: agent pushes, probe sweep, ledger, migrations, alerts."""

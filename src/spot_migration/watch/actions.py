@@ -1,0 +1,211 @@
+"""Actions: the playbooks the watcher runs through ansible-runner (migrate, the fallback probe sweep, and the
+small look-and-clean-up plays a resumed migration needs). Each run gets its own private data dir and its own
+SSH control directory; nothing secret is passed to them.
+
+Every process of a migration's run carries ``SPOT_MIGRATION_RUN=<migration id>`` in its environment, so a
+watcher that takes over a migration can stop whatever an earlier (killed) watcher left running for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import ansible_runner
+
+from .. import collections_path
+
+RUN_MARKER = "SPOT_MIGRATION_RUN"
+
+# Which task of the migrate playbook (roles/migrate) marks which state. Events: start (the task began),
+# ok (it finished on a host). tests/unit/test_watch_actions.py checks every name still exists in the role.
+STATE_TASKS: dict[tuple[str, str], str] = {
+    ("start", "Ask each workload for an emergency checkpoint"): "checkpointing",
+    ("start", "Collect the candidates"): "checkpointed",
+    ("start", "Keep the assignments"): "target_reserved",
+    ("start", "Transfer each checkpoint (the next target if one fails)"): "transferring",
+    ("start", "Relay each checkpoint"): "transferring",
+    ("ok", "Verify the staged copy against its manifest"): "verified",
+    ("start", "Resume the workload from the verified checkpoint"): "resuming",
+}
+WORKLOAD_TASK = "Choose the migrate_workloads to move"
+TARGET_TASK = "Reserve GPUs on a target for each workload"
+STEP_TASK = "Find the newest complete checkpoint"
+PROBE_TASK = "Read the eviction notice"
+
+
+def kill_marked(marker: str, exclude: int | None = None) -> list[int]:
+    """SIGKILL every process whose environment carries ``SPOT_MIGRATION_RUN=<marker>``: the remains of a
+    run whose watcher died. Returns the pids."""
+    needle = f"{RUN_MARKER}={marker}".encode() + b"\0"
+    killed = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in (os.getpid(), exclude):
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                environ = handle.read() + b"\0"
+        except OSError:
+            continue
+        if b"\0" + needle in b"\0" + environ:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+class Actions:
+    """Runs plays through ansible-runner for one inventory."""
+
+    def __init__(self, inventory: str, runs_dir: Path, log: Callable[[str], None] = print):
+        self.inventory = str(Path(inventory).resolve())
+        self.runs_dir = Path(runs_dir)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.runs_dir, 0o700)
+        self.log = log
+
+    def _env(self, marker: str | None, control_dir: str) -> dict[str, str]:
+        env = {
+            "ANSIBLE_COLLECTIONS_PATH": str(collections_path()),
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_LOCALHOST_WARNING": "false",
+            "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
+            "ANSIBLE_RETRY_FILES_ENABLED": "false",
+        }
+        if marker:
+            env[RUN_MARKER] = marker
+        return env
+
+    def run(self, ident: str, playbook: str | list, extravars: dict[str, Any] | None = None,
+            on_event: Callable[[dict], None] | None = None, marker: str | None = None, limit: str | None = None,
+            timeout: float | None = None, cancel: Callable[[], bool] | None = None) -> tuple[int, Path]:
+        """Run one playbook (a name like ``spot.migration.migrate`` or a list of plays). Returns (rc, private dir)."""
+        private = self.runs_dir / ident
+        private.mkdir(parents=True, exist_ok=True)
+        if isinstance(playbook, list):
+            (private / "project").mkdir(exist_ok=True)
+            (private / "project" / "play.yml").write_text(json.dumps(playbook))
+            playbook = "play.yml"
+        control_dir = tempfile.mkdtemp(prefix="spot-cp-")
+
+        def handler(event: dict) -> bool:
+            if on_event is not None:
+                try:
+                    on_event(event)
+                except Exception as exc:  # noqa: BLE001 - a bad handler must not kill the run; report it
+                    self.log(f"{ident}: event handler failed: {type(exc).__name__}: {exc}")
+            return True
+
+        try:
+            result = ansible_runner.run(
+                private_data_dir=str(private), playbook=playbook, inventory=self.inventory, extravars=extravars or {},
+                envvars=self._env(marker, control_dir), quiet=True, event_handler=handler, limit=limit,
+                cancel_callback=cancel,
+                settings={"suppress_env_files": True, "job_timeout": int(timeout) if timeout else 0},
+            )
+            return result.rc, private
+        finally:
+            shutil.rmtree(control_dir, ignore_errors=True)
+
+
+class MigrationEvents:
+    """Turns the migrate playbook's events into ledger states and facts (workloads, targets, steps)."""
+
+    def __init__(self, advance: Callable[..., Any]):
+        self.advance = advance
+        self.failures: list[str] = []
+
+    def __call__(self, event: dict) -> None:
+        kind = event.get("event")
+        data = event.get("event_data") or {}
+        task = data.get("task")
+        res = data.get("res") or {}
+        if kind == "playbook_on_task_start":
+            state = STATE_TASKS.get(("start", task))
+            if state:
+                self.advance(state, detail=task)
+        elif kind == "runner_on_ok":
+            state = STATE_TASKS.get(("ok", task))
+            if state:
+                self.advance(state, detail=task)
+            if task == WORKLOAD_TASK:
+                moving = (res.get("ansible_facts") or {}).get("migrate_moving") or []
+                self.advance("checkpointing", detail="workloads", workloads=[w["name"] for w in moving])
+        elif kind == "runner_item_on_ok":
+            item = res.get("item") or {}
+            if task == TARGET_TASK and res.get("target"):
+                self.advance("target_reserved", detail=f"{item.get('name')} -> {res['target']}",
+                             targets={item.get("name"): res["target"]})
+            elif task == STEP_TASK and res.get("step") is not None:
+                self.advance("target_reserved", detail=f"{item.get('name')} step {res['step']}",
+                             steps={item.get("name"): res["step"]})
+        elif kind in ("runner_on_failed", "runner_item_on_failed", "runner_on_unreachable"):
+            if not data.get("ignore_errors"):
+                self.failures.append(f"{data.get('host')}: {task}: {res.get('msg') or res.get('stderr') or res}"[:600])
+
+
+def workload_plays(hosts: list[str], names: list[str], remove_from: str | None = None) -> list[dict]:
+    """A play listing the workloads on ``hosts`` (and, when ``remove_from`` is given, removing ``names``
+    from that host first: the clean-up of a migration whose target copy already runs)."""
+    plays = []
+    if remove_from:
+        plays.append({"name": "Remove the moved workloads from the source", "hosts": remove_from, "gather_facts": False,
+                      "ignore_unreachable": True, "tasks": [
+                          {"name": "List the workloads", "register": "found", "spot.migration.workload_info": {
+                              "workload_root": "{{ spot_workload_root | default(omit) }}"}},
+                          {"name": "Remove the moved workload", "loop": "{{ found.workloads | selectattr('name', 'in', names) | list }}",
+                           "loop_control": {"label": "{{ item.name }}"}, "vars": {"names": names},
+                           "spot.migration.workload": {"name": "{{ item.name }}", "runtime": "{{ item.runtime }}",
+                                                       "workload_root": "{{ spot_workload_root | default(omit) }}",
+                                                       "state": "absent", "stop_timeout": 10}}]})
+    plays.append({"name": "Where do the workloads run", "hosts": ",".join(hosts), "gather_facts": False,
+                  "ignore_unreachable": True, "tasks": [
+                      {"name": "List the workloads", "spot.migration.workload_info": {
+                          "workload_root": "{{ spot_workload_root | default(omit) }}"}}]})
+    return plays
+
+
+def locate(actions: Actions, ident: str, hosts: list[str], remove: tuple[str, list[str]] | None = None,
+           marker: str | None = None) -> dict[str, dict[str, bool] | None]:
+    """{host: {workload: running}} (None for an unreachable host)."""
+    found: dict[str, dict[str, bool] | None] = {h: None for h in hosts}
+
+    def on_event(event: dict) -> None:
+        data = event.get("event_data") or {}
+        if event.get("event") == "runner_on_ok" and data.get("play") == "Where do the workloads run":
+            found[data["host"]] = {w["name"]: bool(w["running"]) for w in data["res"].get("workloads", [])}
+
+    plays = workload_plays(sorted(set(hosts)), remove[1] if remove else [], remove[0] if remove else None)
+    actions.run(ident, plays, on_event=on_event, marker=marker)
+    return found
+
+
+def sweep(actions: Actions, hosts: list[str], timeout: float, on_notice: Callable[[str, dict], None]) -> tuple[int, float]:
+    """Run ``spot.migration.probe`` on ``hosts``; ``on_notice(host, result)`` for each host's result
+    (blind ones included). Returns (rc, seconds)."""
+    start = time.monotonic()
+
+    def on_event(event: dict) -> None:
+        data = event.get("event_data") or {}
+        if event.get("event") == "runner_on_ok" and data.get("task") == PROBE_TASK:
+            on_notice(data["host"], dict(data.get("res") or {}))
+        elif event.get("event") == "runner_on_unreachable":
+            on_notice(data["host"], {"error": f"unreachable: {(data.get('res') or {}).get('msg', '')}"[:300],
+                                     "evicting": False, "kind": "none", "notice_id": None})
+
+    ident = f"sweep-{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns() % 10**6}"
+    rc, private = actions.run(ident, "spot.migration.probe", {"probe_hosts": ",".join(hosts), "probe_timeout": timeout},
+                              on_event=on_event)
+    shutil.rmtree(private, ignore_errors=True)  # a sweep every 15 s would fill the disk; its results are in the ledger
+    return rc, time.monotonic() - start

@@ -1,0 +1,336 @@
+"""The watcher: wires the push endpoint, the ledger, the probe sweep, the migration runs and the alerts.
+
+Sources (agent pushes, the sweep) normalise; the ledger dedupes and decides; actions (ansible-runner) act.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import module_utils
+from . import actions as actions_mod
+from .alerts import Alerter
+from .config import WatchConfig
+from .ledger import ORDER, Fenced, Ledger, LedgerError
+from .metrics import Metrics
+from .server import PushServer
+
+
+class Rejected(PermissionError):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _epoch(value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(module_utils("_notice").parse_iso8601(value)) if isinstance(value, str) else float(value)
+    except Exception:  # noqa: BLE001 - a bad timestamp from a node is dropped, not fatal
+        return None
+
+
+def inventory_groups(path: str) -> dict[str, list[str]]:
+    """{group: [hosts]} of an Ansible inventory (read with ansible-core's own inventory code)."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    manager = InventoryManager(loader=DataLoader(), sources=[path])
+    return {name: sorted(h.name for h in group.get_hosts()) for name, group in manager.groups.items()}
+
+
+class Watcher:
+    def __init__(self, config: WatchConfig, log: Callable[[str], None] | None = None, crash_at: str | None = None):
+        if not config.inventory:
+            raise ValueError("the watcher needs an inventory (--inventory or inventory: in the config)")
+        self.config = config
+        self.log = log or (lambda msg: print(time.strftime("%H:%M:%S ") + msg, flush=True))
+        self.crash_at = crash_at
+        self.signing = module_utils("_signing")
+        self.secret = config.secret()
+        Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+        os.chmod(config.state_dir, 0o700)
+        self.fence_dir = Path(config.state_dir) / "fences"
+        self.fence_dir.mkdir(exist_ok=True)
+        self.record_dir = Path(config.state_dir) / "records"
+        self.ledger = Ledger(config.ledger_path, lease=config.lease)
+        self.groups = inventory_groups(config.inventory)
+        self.metrics = Metrics()
+        self.actions = actions_mod.Actions(config.inventory, config.runs_dir, self.log)
+        self.alerter = Alerter(config.alerts.webhooks, self.ledger.claim_alert, config.alerts.retries,
+                               config.alerts.timeout, self.log,
+                               lambda ok: self.metrics.alerts.labels("sent" if ok else "failed").inc())
+        self.server = PushServer(config.host_port, self.verify, self.handle_event, self.health,
+                                 self.metrics.render, self._rejected)
+        self.pool = ThreadPoolExecutor(max_workers=int(config.migrate.max_concurrent), thread_name_prefix="migrate")
+        self.active: dict[str, int] = {}
+        self.fenced_out: set[str] = set()
+        self.lock = threading.Lock()
+        self.kick = threading.Event()
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.last_sweep: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ pushes
+    def verify(self, headers: dict, body: bytes) -> None:
+        try:
+            self.signing.verify(self.secret, headers, body, self.ledger.seen_nonce, max_skew=self.config.max_skew)
+        except self.signing.SignatureError as exc:
+            raise Rejected(exc.reason, str(exc)) from None
+
+    def _rejected(self, reason: str, client: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        self.log(f"push from {client} refused: {reason}")
+
+    def handle_event(self, event: dict) -> dict:
+        node = event["node"]
+        if node not in self.groups.get("all", []):
+            raise LookupError(f"node {node!r} is not in the inventory {self.config.inventory}")
+        if event["type"] == "heartbeat":
+            self.node_seen(node, "agent", bool(event.get("blind")), event.get("error"), event.get("provider"),
+                           event.get("agent_version"))
+            return {"accepted": True}
+        notice = event.get("notice")
+        if not isinstance(notice, dict) or not notice.get("notice_id"):
+            raise LookupError("notice event without a notice_id")
+        self.node_seen(node, "agent", False, None, notice.get("provider"), None)
+        return self.on_notice(node, notice, "push", _epoch(event.get("detected_at")), _epoch(event.get("signalled_at")))
+
+    def node_seen(self, node: str, via: str, blind: bool, error: str | None, provider: str | None,
+                  agent_version: str | None) -> None:
+        was_blind, is_blind = self.ledger.heartbeat(node, via, blind, error, provider, agent_version)
+        if is_blind and not was_blind:
+            since = next((n["blind_since"] for n in self.ledger.nodes() if n["node"] == node), time.time())
+            self.alerter.alert(f"blind:{node}:{since:.0f}", f"{node} cannot read its metadata service (blind): {error}",
+                               node=node, error=error, kind="blind")
+        elif was_blind and not is_blind:
+            self.log(f"{node} sees its metadata service again")
+        self.metrics.blind.set(sum(1 for n in self.ledger.nodes() if n["blind"]))
+
+    def on_notice(self, node: str, notice: dict, via: str, detected_at: float | None = None,
+                  signalled_at: float | None = None) -> dict:
+        """A notice from an agent or the sweep: store once, open a migration for an evicting one."""
+        received = time.time()
+        self.metrics.deliveries.labels(via).inc()
+        new, row = self.ledger.record_notice(node, notice, via, received, notice_at=detected_at or received,
+                                             signalled_at=signalled_at)
+        migration_id = row.get("migration_id")
+        if new:
+            self.metrics.notices.labels(notice.get("provider") or "none", notice.get("kind") or "none", via).inc()
+            self.metrics.detection.labels(via).observe(max(0.0, received - (detected_at or received)))
+            self.log(f"notice {notice['notice_id']} from {node} via {via}: {notice.get('provider')} {notice.get('kind')}"
+                     f" (evicting: {notice.get('evicting')}, deadline {notice.get('deadline')})")
+        if notice.get("evicting") and node in self.groups.get("spot", []) and not migration_id:
+            created, migration_id = self.ledger.open_migration(notice["notice_id"], node, detected_at or received, received)
+            if created:
+                self.log(f"migration {migration_id}: {node} is being taken away; moving its workloads")
+                self._crash_if("noticed")
+                self.kick.set()
+        return {"accepted": True, "duplicate": not new, "migration_id": migration_id}
+
+    # ------------------------------------------------------------------ migrations
+    def _crash_if(self, state: str) -> None:
+        """Fault injection for the reliability tests (``watch --crash-at STATE``): die like a SIGKILL would."""
+        if self.crash_at == state:
+            self.log(f"--crash-at {state}: SIGKILL")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _schedule(self) -> None:
+        while not self.stopping.is_set():
+            self.kick.wait(0.5)
+            self.kick.clear()
+            with self.lock:
+                for migration_id, fence in list(self.active.items()):
+                    try:
+                        self.ledger.renew(migration_id, fence)
+                    except Fenced:
+                        self.fenced_out.add(migration_id)
+                free = int(self.config.migrate.max_concurrent) - len(self.active)
+            if free <= 0 or self.stopping.is_set():
+                continue
+            for migration in self.ledger.claimable()[:free]:
+                try:
+                    fence = self.ledger.claim(migration["id"])
+                except Fenced:
+                    continue
+                with self.lock:
+                    self.active[migration["id"]] = fence
+                    self.fenced_out.discard(migration["id"])
+                self.metrics.in_flight.set(len(self.active))
+                self.pool.submit(self._migrate, migration["id"], fence)
+
+    def _advance(self, migration_id: str, fence: int, state: str, **fields: Any) -> None:
+        try:
+            moved = self.ledger.advance(migration_id, fence, state, **fields)
+        except Fenced:
+            self.fenced_out.add(migration_id)
+            raise
+        if moved:
+            self.log(f"migration {migration_id}: {state}")
+            self._crash_if(state)
+
+    def _migrate(self, migration_id: str, fence: int) -> None:
+        try:
+            self._run_migration(migration_id, fence)
+        except Fenced as exc:
+            self.log(f"migration {migration_id}: given up, another watcher holds it ({exc})")
+        except Exception as exc:  # noqa: BLE001 - one migration's bug must not stop the watcher
+            self.log(f"migration {migration_id}: watcher error {type(exc).__name__}: {exc}")
+            try:
+                self._finish(migration_id, fence, "failed", error=f"watcher error: {type(exc).__name__}: {exc}")
+            except LedgerError:
+                pass
+        finally:
+            with self.lock:
+                self.active.pop(migration_id, None)
+            self.metrics.in_flight.set(len(self.active))
+            self.kick.set()
+
+    def _run_migration(self, migration_id: str, fence: int) -> None:
+        fence_file = self.fence_dir / migration_id
+        tmp = fence_file.with_suffix(".tmp")
+        tmp.write_text(f"{fence}\n")
+        tmp.replace(fence_file)
+        leftovers = actions_mod.kill_marked(migration_id)
+        if leftovers:
+            self.log(f"migration {migration_id}: stopped {len(leftovers)} process(es) left by an earlier run")
+        m = self.ledger.migration(migration_id)
+        extravars: dict[str, Any] = dict(self.config.migrate.extra_vars)
+        extravars.update({
+            "source": m["source"], "migration_id": migration_id, "migration_fence": str(fence),
+            "fence_file": str(fence_file), "transfer": self.config.migrate.transfer,
+            "spot_record_dir": str(self.record_dir),
+            "spot_reservation_file": str(Path(self.config.state_dir) / "reservations.json"),
+            "notice_at": _iso(m["notice_at"]), "detected_at": _iso(m["detected_at"]),
+        })
+        resumed = m["attempts"] > 1
+        if resumed and ORDER[m["state"]] >= ORDER["target_reserved"] and m["workloads"]:
+            # Resume from the last completed step: what already runs on its target is left alone.
+            hosts = [m["source"], *sorted(set(m["targets"].values()))]
+            where = actions_mod.locate(self.actions, f"{migration_id}-{fence}-locate", hosts, marker=migration_id)
+            done = [w for w in m["workloads"] if (where.get(m["targets"].get(w, "")) or {}).get(w)]
+            pending = [w for w in m["workloads"] if w not in done]
+            self.log(f"migration {migration_id}: resuming at {m['state']} (attempt {m['attempts']}); already running on "
+                     f"the target: {', '.join(done) or 'none'}; still to move: {', '.join(pending) or 'none'}")
+            if not pending:
+                actions_mod.locate(self.actions, f"{migration_id}-{fence}-cleanup", hosts, remove=(m["source"], done),
+                                   marker=migration_id)
+                self._advance(migration_id, fence, "verified", detail="found running on the target")
+                self._advance(migration_id, fence, "resuming", detail="found running on the target")
+                self._finish(migration_id, fence, "running")
+                return
+            extravars.update({"workloads": pending, "include_stopped": True,
+                              "pinned_targets": {w: t for w, t in m["targets"].items() if w in pending}})
+        elif resumed and m["workloads"]:
+            extravars.update({"workloads": m["workloads"], "include_stopped": True})
+        events = actions_mod.MigrationEvents(lambda state, **kw: self._advance(migration_id, fence, state, **kw))
+        rc, private = self.actions.run(f"{migration_id}-{fence}", "spot.migration.migrate", extravars, on_event=events,
+                                       marker=migration_id, timeout=self.config.migrate.timeout,
+                                       cancel=lambda: migration_id in self.fenced_out)
+        if migration_id in self.fenced_out:
+            raise Fenced(f"fence {fence} superseded during the run")
+        if rc == 0:
+            self._finish(migration_id, fence, "running", private=private)
+        else:
+            why = "; ".join(events.failures[-3:]) or f"ansible-playbook rc {rc}"
+            self._finish(migration_id, fence, "failed", error=why, private=private)
+
+    def _finish(self, migration_id: str, fence: int, outcome: str, error: str | None = None,
+                private: Path | None = None) -> None:
+        record_path = self.record_dir / f"{migration_id}.json"
+        record = json.loads(record_path.read_text()) if record_path.exists() else None
+        self._advance(migration_id, fence, outcome, error=error, record=record)
+        m = self.ledger.migration(migration_id)
+        self.metrics.migrations.labels(outcome).inc()
+        if outcome == "running" and m["notice_at"]:
+            self.metrics.duration.observe(max(0.0, m["finished_at"] - m["notice_at"]))
+        moved = ", ".join(f"{w} -> {m['targets'].get(w, '?')}" for w in m["workloads"]) or "nothing to move"
+        text = (f"{m['source']} evicted: {moved} (running again, {m['finished_at'] - m['notice_at']:.0f} s after the notice)"
+                if outcome == "running" else f"migration off {m['source']} FAILED: {error}")
+        self.alerter.alert(f"migration:{migration_id}:{outcome}", text, migration_id=migration_id, outcome=outcome,
+                           source=m["source"], targets=m["targets"], workloads=m["workloads"], error=error,
+                           run_dir=str(private) if private else None)
+
+    # ------------------------------------------------------------------ sweep
+    def sweep_hosts(self) -> list[str]:
+        spot = self.groups.get(self.config.sweep.group, [])
+        if self.config.sweep.hosts == "none":
+            return []
+        if self.config.sweep.hosts == "all":
+            return spot
+        now = time.time()
+        seen = {n["node"]: n["last_heartbeat_at"] for n in self.ledger.nodes()}
+        silent = [h for h in spot if not seen.get(h) or now - seen[h] > self.config.heartbeat_timeout]
+        self.metrics.silent.set(len(silent))
+        return silent
+
+    def sweep_once(self) -> dict[str, Any]:
+        hosts = self.sweep_hosts()
+        if not hosts:
+            return {"hosts": [], "seconds": 0.0}
+
+        def on_result(host: str, res: dict) -> None:
+            blind = bool(res.get("error"))
+            self.node_seen(host, "sweep", blind, res.get("error"), res.get("provider"), None)
+            if not blind and res.get("kind") not in (None, "none") and res.get("notice_id"):
+                notice = {k: v for k, v in res.items() if k not in ("changed", "invocation", "notices", "elapsed")}
+                self.on_notice(host, notice, "sweep", _epoch(res.get("checked_at")))
+
+        rc, seconds = actions_mod.sweep(self.actions, hosts, self.config.sweep.timeout, on_result)
+        self.metrics.sweeps.labels("ok" if rc == 0 else "failed").inc()
+        self.last_sweep = {"hosts": hosts, "seconds": round(seconds, 2), "rc": rc, "at": time.time()}
+        return self.last_sweep
+
+    def _sweeper(self) -> None:
+        while not self.stopping.wait(float(self.config.sweep.interval)):
+            try:
+                self.sweep_once()
+            except Exception as exc:  # noqa: BLE001 - a failed sweep is reported and retried next time
+                self.metrics.sweeps.labels("error").inc()
+                self.log(f"sweep failed: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ life cycle
+    def health(self) -> tuple[bool, dict]:
+        try:
+            open_migrations = len(self.ledger.migrations(open_only=True))
+            ok = all(t.is_alive() for t in self.threads)
+        except Exception as exc:  # noqa: BLE001 - reported as unhealthy
+            return False, {"ok": False, "error": str(exc)}
+        return ok, {"ok": ok, "open_migrations": open_migrations, "active": sorted(self.active),
+                    "last_sweep": self.last_sweep}
+
+    def start(self) -> None:
+        self.server.thread.start()
+        for target, name in ((self._schedule, "scheduler"), (self._sweeper, "sweeper")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        self.log(f"watching {len(self.groups.get(self.config.sweep.group, []))} spot node(s) from "
+                 f"{self.config.inventory}; pushes on {self.server.url}/v1/events; ledger {self.config.ledger_path}")
+        self.kick.set()
+
+    def stop(self, wait: float = 600.0) -> None:
+        """Stop taking work; let running migrations finish (a killed watcher resumes them on its next start)."""
+        self.stopping.set()
+        self.kick.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for thread in self.threads:
+            thread.join(wait)
+        self.alerter.close()
+        self.ledger.close()
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int((epoch % 1) * 1e6):06d}Z"

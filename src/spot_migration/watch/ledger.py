@@ -1,0 +1,307 @@
+"""The ledger: every notice (deduplicated by ``notice_id``), every migration as a state machine with a
+fencing token, node heartbeats, push nonces and sent alerts, in one SQLite file (WAL).
+
+Each migration is owned by one watcher at a time. :meth:`Ledger.claim` takes it (the fence goes up by
+one); every later change names the fence it holds and is refused with :class:`Fenced` once somebody
+else has claimed the migration, so a second or restarted watcher can never run it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+STATES = ("noticed", "checkpointing", "checkpointed", "target_reserved", "transferring", "verified", "resuming",
+          "running", "failed")
+TERMINAL = ("running", "failed")
+ORDER = {state: index for index, state in enumerate(STATES)}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notices (
+    notice_id TEXT PRIMARY KEY, node TEXT NOT NULL, provider TEXT, kind TEXT, evicting INTEGER NOT NULL,
+    deadline TEXT, notice_at REAL, detected_at REAL NOT NULL, first_via TEXT NOT NULL, deliveries INTEGER NOT NULL,
+    signalled_at REAL, payload TEXT NOT NULL, migration_id TEXT);
+CREATE TABLE IF NOT EXISTS migrations (
+    id TEXT PRIMARY KEY, notice_id TEXT, source TEXT NOT NULL, state TEXT NOT NULL, fence INTEGER NOT NULL,
+    owner TEXT, owner_host TEXT, owner_pid INTEGER, owner_ticks TEXT, lease_until REAL, attempts INTEGER NOT NULL,
+    workloads TEXT NOT NULL, targets TEXT NOT NULL, steps TEXT NOT NULL, notice_at REAL, detected_at REAL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL, error TEXT, record TEXT);
+CREATE INDEX IF NOT EXISTS migrations_open ON migrations (state);
+CREATE TABLE IF NOT EXISTS transitions (
+    migration_id TEXT NOT NULL, state TEXT NOT NULL, fence INTEGER NOT NULL, at REAL NOT NULL, detail TEXT);
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY, last_heartbeat_at REAL, last_probe_at REAL, blind INTEGER NOT NULL DEFAULT 0,
+    blind_since REAL, error TEXT, provider TEXT, via TEXT, agent_version TEXT);
+CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, sent_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, created_at REAL NOT NULL, payload TEXT NOT NULL);
+"""
+
+
+class LedgerError(RuntimeError):
+    """The ledger refused a change; the message says which and why."""
+
+
+class Fenced(LedgerError):
+    """This watcher no longer holds the migration: another one claimed it (a higher fence)."""
+
+
+def _ticks(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+class Ledger:
+    """One SQLite file; safe to share between threads of one process and between processes."""
+
+    def __init__(self, path: Path | str, owner: str | None = None, lease: float = 15.0, clock=time.time):
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.ticks = _ticks(self.pid)
+        self.lease = lease
+        self.clock = clock
+        self._local = threading.local()
+        with self._tx() as db:
+            db.executescript(SCHEMA)
+        os.chmod(self.path, 0o600)
+
+    # ------------------------------------------------------------------ plumbing
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # ------------------------------------------------------------------ notices
+    def record_notice(self, node: str, notice: dict[str, Any], via: str, detected_at: float,
+                      notice_at: float | None = None, signalled_at: float | None = None) -> tuple[bool, dict]:
+        """Store a notice once. Returns (new, row); a repeat only counts a delivery."""
+        notice_id = notice.get("notice_id")
+        if not notice_id:
+            raise LedgerError(f"notice from {node} has no notice_id: {json.dumps(notice)[:200]}")
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM notices WHERE notice_id = ?", (notice_id,)).fetchone()
+            if row is not None:
+                db.execute("UPDATE notices SET deliveries = deliveries + 1, signalled_at = COALESCE(signalled_at, ?) "
+                           "WHERE notice_id = ?", (signalled_at, notice_id))
+                return False, dict(row)
+            db.execute("INSERT INTO notices (notice_id, node, provider, kind, evicting, deadline, notice_at, detected_at,"
+                       " first_via, deliveries, signalled_at, payload) VALUES (?,?,?,?,?,?,?,?,?,1,?,?)",
+                       (notice_id, node, notice.get("provider"), notice.get("kind"), int(bool(notice.get("evicting"))),
+                        notice.get("deadline"), notice_at, detected_at, via, signalled_at,
+                        json.dumps(notice, sort_keys=True)))
+            return True, dict(db.execute("SELECT * FROM notices WHERE notice_id = ?", (notice_id,)).fetchone())
+
+    def notices(self, limit: int = 100) -> list[dict]:
+        rows = self._db().execute("SELECT * FROM notices ORDER BY detected_at DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+    # ------------------------------------------------------------------ migrations
+    def open_migration(self, notice_id: str, source: str, notice_at: float | None, detected_at: float) -> tuple[bool, str]:
+        """One migration per notice, and never two open at once for one source. Returns (created, id)."""
+        with self._tx() as db:
+            row = db.execute("SELECT migration_id FROM notices WHERE notice_id = ?", (notice_id,)).fetchone()
+            if row is not None and row["migration_id"]:
+                return False, row["migration_id"]
+            open_row = db.execute("SELECT id FROM migrations WHERE source = ? AND state NOT IN ('running', 'failed')",
+                                  (source,)).fetchone()
+            if open_row is not None:
+                db.execute("UPDATE notices SET migration_id = ? WHERE notice_id = ?", (open_row["id"], notice_id))
+                return False, open_row["id"]
+            now = self.clock()
+            migration_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{source}-{uuid.uuid4().hex[:6]}"
+            db.execute("INSERT INTO migrations (id, notice_id, source, state, fence, attempts, workloads, targets, steps,"
+                       " notice_at, detected_at, created_at, updated_at) VALUES (?,?,?,?,0,0,'[]','{}','{}',?,?,?,?)",
+                       (migration_id, notice_id, source, "noticed", notice_at, detected_at, now, now))
+            db.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (migration_id, "noticed", 0, now, notice_id))
+            db.execute("UPDATE notices SET migration_id = ? WHERE notice_id = ?", (migration_id, notice_id))
+            return True, migration_id
+
+    def claimable(self) -> list[dict]:
+        """Open migrations nobody (alive) holds, oldest first."""
+        now = self.clock()
+        rows = self._db().execute("SELECT * FROM migrations WHERE state NOT IN ('running', 'failed') ORDER BY created_at")
+        return [self._decode(r) for r in rows.fetchall() if self._free(r, now)]
+
+    def _free(self, row: sqlite3.Row, now: float) -> bool:
+        if row["owner"] is None or row["owner"] == self.owner:
+            return row["owner"] is None
+        if row["lease_until"] is None or row["lease_until"] < now:
+            return True
+        # A watcher on this host that has died (pid gone or reused) holds nothing, whatever its lease says.
+        return row["owner_host"] == self.host and _ticks(row["owner_pid"]) != row["owner_ticks"]
+
+    def claim(self, migration_id: str) -> int:
+        """Take the migration for this watcher; returns the new fence. Raises Fenced when another holds it."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM migrations WHERE id = ?", (migration_id,)).fetchone()
+            if row is None:
+                raise LedgerError(f"no migration {migration_id} in {self.path}")
+            if row["state"] in TERMINAL:
+                raise Fenced(f"migration {migration_id} is already {row['state']}")
+            if row["owner"] != self.owner and not self._free(row, self.clock()):
+                raise Fenced(f"migration {migration_id} is held by {row['owner']} until {row['lease_until']:.0f}")
+            fence = row["fence"] + 1
+            db.execute("UPDATE migrations SET fence = ?, owner = ?, owner_host = ?, owner_pid = ?, owner_ticks = ?,"
+                       " lease_until = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                       (fence, self.owner, self.host, self.pid, self.ticks, self.clock() + self.lease, self.clock(),
+                        migration_id))
+            db.execute("INSERT INTO transitions VALUES (?,?,?,?,?)",
+                       (migration_id, row["state"], fence, self.clock(), f"claimed by {self.owner}"))
+            return fence
+
+    def renew(self, migration_id: str, fence: int) -> None:
+        with self._tx() as db:
+            self._check_fence(db, migration_id, fence)
+            db.execute("UPDATE migrations SET lease_until = ? WHERE id = ?", (self.clock() + self.lease, migration_id))
+
+    def _check_fence(self, db: sqlite3.Connection, migration_id: str, fence: int) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM migrations WHERE id = ?", (migration_id,)).fetchone()
+        if row is None or row["fence"] != fence or row["owner"] != self.owner:
+            raise Fenced(f"migration {migration_id}: fence {fence} is stale (now {row['fence'] if row else '?'}, "
+                         f"held by {row['owner'] if row else '?'})")
+        return row
+
+    def advance(self, migration_id: str, fence: int, state: str, detail: str | None = None, **fields: Any) -> bool:
+        """Move forward to ``state`` (never back; ``failed`` from anywhere) and store ``fields``
+        (workloads, targets, steps are merged). Returns False when it was already at or past ``state``."""
+        if state not in ORDER:
+            raise LedgerError(f"unknown migration state {state!r}; states: {', '.join(STATES)}")
+        with self._tx() as db:
+            row = self._check_fence(db, migration_id, fence)
+            if row["state"] in TERMINAL:
+                raise LedgerError(f"migration {migration_id} is already {row['state']}; it cannot become {state}")
+            now = self.clock()
+            updates: dict[str, Any] = {"updated_at": now}
+            if "workloads" in fields:
+                merged = list(dict.fromkeys(json.loads(row["workloads"]) + list(fields.pop("workloads"))))
+                updates["workloads"] = json.dumps(merged)
+            for key in ("targets", "steps"):
+                if key in fields:
+                    merged_map = dict(json.loads(row[key]), **fields.pop(key))
+                    updates[key] = json.dumps(merged_map, sort_keys=True)
+            for key in ("error", "record"):
+                if key in fields:
+                    value = fields.pop(key)
+                    updates[key] = value if isinstance(value, str) or value is None else json.dumps(value, sort_keys=True)
+            if fields:
+                raise LedgerError(f"unknown migration fields: {', '.join(sorted(fields))}")
+            moved = state == "failed" or ORDER[state] > ORDER[row["state"]]
+            if moved:
+                updates["state"] = state
+                if state in TERMINAL:
+                    updates["finished_at"] = now
+                    updates["owner"] = None
+                db.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (migration_id, state, fence, now, detail))
+            assignments = ", ".join(f"{k} = ?" for k in updates)
+            db.execute(f"UPDATE migrations SET {assignments} WHERE id = ?", (*updates.values(), migration_id))
+            return moved
+
+    def release(self, migration_id: str, fence: int) -> None:
+        """Let go of an unfinished migration (this watcher is stopping); another may claim it at once."""
+        with self._tx() as db:
+            row = db.execute("SELECT fence, owner FROM migrations WHERE id = ?", (migration_id,)).fetchone()
+            if row is not None and row["fence"] == fence and row["owner"] == self.owner:
+                db.execute("UPDATE migrations SET owner = NULL, lease_until = NULL WHERE id = ?", (migration_id,))
+
+    def migration(self, migration_id: str) -> dict:
+        row = self._db().execute("SELECT * FROM migrations WHERE id = ?", (migration_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no migration {migration_id} in {self.path}")
+        return self._decode(row)
+
+    def migrations(self, limit: int = 100, open_only: bool = False) -> list[dict]:
+        where = "WHERE state NOT IN ('running', 'failed') " if open_only else ""
+        rows = self._db().execute(f"SELECT * FROM migrations {where}ORDER BY created_at DESC LIMIT ?", (limit,))
+        return [self._decode(r) for r in rows.fetchall()]
+
+    def transitions(self, migration_id: str) -> list[dict]:
+        rows = self._db().execute("SELECT * FROM transitions WHERE migration_id = ? ORDER BY rowid", (migration_id,))
+        return [dict(r) for r in rows.fetchall()]
+
+    @staticmethod
+    def _decode(row: sqlite3.Row) -> dict:
+        out = dict(row)
+        for key in ("workloads", "targets", "steps", "record"):
+            if out.get(key):
+                out[key] = json.loads(out[key])
+        return out
+
+    # ------------------------------------------------------------------ nodes
+    def heartbeat(self, node: str, via: str, blind: bool, error: str | None = None, provider: str | None = None,
+                  agent_version: str | None = None, at: float | None = None) -> tuple[bool, bool]:
+        """Note a node's heartbeat (agent) or probe (sweep). Returns (was_blind, is_blind)."""
+        at = self.clock() if at is None else at
+        column = "last_heartbeat_at" if via == "agent" else "last_probe_at"
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM nodes WHERE node = ?", (node,)).fetchone()
+            was_blind = bool(row and row["blind"])
+            blind_since = (row["blind_since"] if was_blind else at) if blind else None
+            if row is None:
+                db.execute("INSERT INTO nodes (node) VALUES (?)", (node,))
+            db.execute(f"UPDATE nodes SET {column} = ?, blind = ?, blind_since = ?, error = ?, via = ?,"
+                       " provider = COALESCE(?, provider), agent_version = COALESCE(?, agent_version) WHERE node = ?",
+                       (at, int(blind), blind_since, error, via, provider, agent_version, node))
+            return was_blind, blind
+
+    def nodes(self) -> list[dict]:
+        return [dict(r) for r in self._db().execute("SELECT * FROM nodes ORDER BY node").fetchall()]
+
+    # ------------------------------------------------------------------ replay protection, alerts
+    def seen_nonce(self, nonce: str, sent_at: float, window: float = 300.0) -> bool:
+        """Record a push nonce; True when it was seen before (a replay). Old nonces are forgotten."""
+        with self._tx() as db:
+            db.execute("DELETE FROM nonces WHERE sent_at < ?", (self.clock() - 2 * window,))
+            try:
+                db.execute("INSERT INTO nonces VALUES (?, ?)", (nonce, sent_at))
+            except sqlite3.IntegrityError:
+                return True
+            return False
+
+    def claim_alert(self, key: str, payload: dict) -> bool:
+        """True the first time ``key`` is seen: exactly one alert per event, across restarts."""
+        with self._tx() as db:
+            try:
+                db.execute("INSERT INTO alerts VALUES (?, ?, ?)", (key, self.clock(), json.dumps(payload, sort_keys=True)))
+            except sqlite3.IntegrityError:
+                return False
+            return True
+
+    def alerts(self) -> list[dict]:
+        return [dict(r) for r in self._db().execute("SELECT * FROM alerts ORDER BY created_at").fetchall()]

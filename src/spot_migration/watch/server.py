@@ -1,0 +1,92 @@
+"""The watcher's HTTP endpoint: signed agent pushes (``POST /v1/events``), ``GET /healthz`` and
+``GET /metrics``. Verification is the collection's own ``_signing`` code, shared with the agent and EDA."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+MAX_BODY = 256 * 1024
+
+
+class PushServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], verify: Callable[[dict, bytes], None],
+                 handle_event: Callable[[dict], dict], health: Callable[[], tuple[bool, dict]],
+                 metrics: Callable[[], tuple[bytes, str]], reject: Callable[[str, str], None]):
+        self.verify = verify
+        self.handle_event = handle_event
+        self.health = health
+        self.metrics = metrics
+        self.reject = reject
+        super().__init__(address, _Handler)
+        self.thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: PushServer
+    protocol_version = "HTTP/1.1"
+
+    def _reply(self, status: int, body: Any, content_type: str = "application/json") -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path == "/healthz":
+            ok, detail = self.server.health()
+            self._reply(200 if ok else 503, detail)
+        elif self.path == "/metrics":
+            body, content_type = self.server.metrics()
+            self._reply(200, body, content_type)
+        else:
+            self._reply(404, {"error": f"no such endpoint: GET {self.path}"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path != "/v1/events":
+            self._reply(404, {"error": f"no such endpoint: POST {self.path}"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY:
+            self.server.reject("malformed", self.client_address[0])
+            self._reply(413 if length > MAX_BODY else 400, {"error": "bad Content-Length"})
+            return
+        body = self.rfile.read(length)
+        try:
+            self.server.verify(dict(self.headers.items()), body)
+        except PermissionError as exc:
+            reason = getattr(exc, "reason", "forged")
+            self.server.reject(reason, self.client_address[0])
+            self._reply(401, {"error": str(exc), "reason": reason})
+            return
+        try:
+            event = json.loads(body)
+            if not isinstance(event, dict) or event.get("type") not in ("notice", "heartbeat") or not event.get("node"):
+                raise ValueError("an event is an object with type notice or heartbeat and a node")
+        except ValueError as exc:
+            self.server.reject("malformed", self.client_address[0])
+            self._reply(400, {"error": f"bad event: {exc}"})
+            return
+        try:
+            answer = self.server.handle_event(event)
+        except LookupError as exc:
+            self._reply(404, {"error": str(exc)})
+            return
+        self._reply(202, answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
