@@ -153,6 +153,8 @@ class Watcher:
                         self.ledger.renew(migration_id, fence)
                     except Fenced:
                         self.fenced_out.add(migration_id)
+                    except LedgerError:
+                        pass  # it has just finished
                 free = int(self.config.migrate.max_concurrent) - len(self.active)
             if free <= 0 or self.stopping.is_set():
                 continue

@@ -75,8 +75,7 @@ class Ledger:
         self.lease = lease
         self.clock = clock
         self._local = threading.local()
-        with self._tx() as db:
-            db.executescript(SCHEMA)
+        self._db().executescript(SCHEMA)
         os.chmod(self.path, 0o600)
 
     # ------------------------------------------------------------------ plumbing
@@ -193,6 +192,8 @@ class Ledger:
 
     def _check_fence(self, db: sqlite3.Connection, migration_id: str, fence: int) -> sqlite3.Row:
         row = db.execute("SELECT * FROM migrations WHERE id = ?", (migration_id,)).fetchone()
+        if row is not None and row["state"] in TERMINAL:
+            raise LedgerError(f"migration {migration_id} is already {row['state']}")
         if row is None or row["fence"] != fence or row["owner"] != self.owner:
             raise Fenced(f"migration {migration_id}: fence {fence} is stale (now {row['fence'] if row else '?'}, "
                          f"held by {row['owner'] if row else '?'})")
@@ -205,8 +206,6 @@ class Ledger:
             raise LedgerError(f"unknown migration state {state!r}; states: {', '.join(STATES)}")
         with self._tx() as db:
             row = self._check_fence(db, migration_id, fence)
-            if row["state"] in TERMINAL:
-                raise LedgerError(f"migration {migration_id} is already {row['state']}; it cannot become {state}")
             now = self.clock()
             updates: dict[str, Any] = {"updated_at": now}
             if "workloads" in fields:

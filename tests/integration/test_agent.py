@@ -1,0 +1,251 @@
+"""The eviction agent against real metadata simulators and a real signed-push receiver: notices heard at once,
+workloads signalled before anything else, pushes retried until acknowledged, blind never mistaken for quiet."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.spot.migration.plugins.module_utils import _agent, _signing, _workload
+from spot_migration import collections_path
+from spot_migration.sim import control
+
+SECRET = "a" * 16 + "0123456789abcdef"
+TRAINER = Path(__file__).resolve().parents[2] / "src" / "spot_migration" / "trainer.py"
+
+
+class Receiver(ThreadingHTTPServer):
+    """Verifies every push like the watcher does; ``up`` False answers 503."""
+
+    def __init__(self):
+        self.events, self.refused, self.nonces, self.up = [], [], set(), True
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(handler):  # noqa: N805
+                body = handler.rfile.read(int(handler.headers["Content-Length"]))
+                if not self.up:
+                    handler.send_response(503)
+                    handler.end_headers()
+                    return
+                try:
+                    _signing.verify(_signing.load_secret(SECRET), dict(handler.headers.items()), body, self._seen)
+                except _signing.SignatureError as exc:
+                    self.refused.append(exc.reason)
+                    handler.send_response(401)
+                    handler.end_headers()
+                    return
+                self.events.append(json.loads(body))
+                handler.send_response(202)
+                handler.send_header("Content-Length", "2")
+                handler.end_headers()
+                handler.wfile.write(b"{}")
+
+            def log_message(handler, *args):  # noqa: N805
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def _seen(self, nonce, sent_at):
+        if nonce in self.nonces:
+            return True
+        self.nonces.add(nonce)
+        return False
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def of_type(self, kind):
+        return [e for e in self.events if e["type"] == kind]
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def trainer(tmp_path):
+    """A real trainer under the process driver, checkpointing only at start and when signalled."""
+    driver = _workload.ProcessDriver(_agent._run, str(tmp_path / "workloads"))
+    ckpt = tmp_path / "ckpt"
+    spec = _workload.build_spec({"name": "job", "runtime": "process", "command": [sys.executable, str(TRAINER)],
+                                 "args": ["--checkpoint-dir", str(ckpt), "--step-time", "0.01", "--every", "1000000",
+                                          "--initial-checkpoint"], "checkpoint_dir": str(ckpt)})
+    _workload.ensure_started(driver, spec, False)
+    deadline = time.time() + 20
+    while not list(ckpt.glob("step-*.safetensors")) and time.time() < deadline:
+        time.sleep(0.05)
+    yield ckpt
+    driver.stop("job", 5)
+
+
+def make_config(tmp_path, sim, receiver, **more):
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET + "\n")
+    state = tmp_path / "agent-state"
+    state.mkdir(exist_ok=True)
+    config = dict(_agent.DEFAULTS, node="node1", provider=sim.state.cloud, metadata_url=sim.url,
+                  watcher_url=receiver.url, secret_file=str(secret), state_dir=str(state),
+                  workload_root=str(tmp_path / "workloads"), runtimes=["process"], probe_timeout=1.0)
+    config.update(more)
+    return config
+
+
+def test_notice_signals_the_workload_then_pushes_signed(metadata_sim, receiver, trainer, tmp_path):
+    sim = metadata_sim("aws")
+    agent = _agent.Agent(make_config(tmp_path, sim, receiver))
+    assert agent.check_once()["kind"] == "none" and agent.state["pending"] == []
+    before = {p.name for p in trainer.glob("step-*.safetensors")}
+    control.inject(sim.url, "spot_interruption", in_seconds=120)
+    notice = agent.check_once()
+    assert notice["evicting"] and agent.state["pending"] == [notice["notice_id"]]
+    entry = agent.state["notices"][notice["notice_id"]]
+    assert entry["signalled"][0]["name"] == "job" and entry["signalled"][0]["how"] == "SIGUSR1"
+    deadline = time.time() + 5
+    while {p.name for p in trainer.glob("step-*.safetensors")} == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert {p.name for p in trainer.glob("step-*.safetensors")} != before, "no checkpoint after the agent's signal"
+    assert agent.push_once()
+    pushed = receiver.of_type("notice")
+    assert len(pushed) == 1 and pushed[0]["notice"]["notice_id"] == notice["notice_id"]
+    assert receiver.of_type("heartbeat")[0]["blind"] is False
+    saved = json.loads((tmp_path / "agent-state" / "state.json").read_text())
+    assert saved["pending"] == [] and saved["notices"][notice["notice_id"]]["acked_at"]
+    # Restarted, it remembers: the same notice is neither signalled nor pushed again.
+    again = _agent.Agent(make_config(tmp_path, sim, receiver))
+    again.check_once()
+    again.heartbeat_due = float("inf")
+    assert again.push_once() and len(receiver.of_type("notice")) == 1
+
+
+def test_rebalance_is_pushed_but_nothing_is_signalled(metadata_sim, receiver, trainer, tmp_path):
+    sim = metadata_sim("aws")
+    agent = _agent.Agent(make_config(tmp_path, sim, receiver))
+    control.inject(sim.url, "rebalance")
+    notice = agent.check_once()
+    assert notice["kind"] == "rebalance" and not notice["evicting"]
+    assert agent.state["notices"][notice["notice_id"]]["signalled"] == []
+    assert agent.push_once() and receiver.of_type("notice")[0]["notice"]["evicting"] is False
+
+
+def test_blind_is_reported_never_a_notice_and_never_a_crash(metadata_sim, receiver, tmp_path):
+    sim = metadata_sim("azure")
+    agent = _agent.Agent(make_config(tmp_path, sim, receiver))
+    control.fault(sim.url, "error", status=500)
+    assert agent.check_once() is None
+    assert agent.push_once()
+    beat = receiver.of_type("heartbeat")[-1]
+    assert beat["blind"] is True and "500" in beat["error"] and beat["blind_since"]
+    assert receiver.of_type("notice") == [] and agent.state["notices"] == {}
+    control.clear_faults(sim.url)
+    assert agent.check_once()["kind"] == "none"
+    assert agent.push_once() and receiver.of_type("heartbeat")[-1]["blind"] is False
+
+
+def test_pushes_wait_for_the_watcher(metadata_sim, receiver, tmp_path):
+    sim = metadata_sim("aws")
+    agent = _agent.Agent(make_config(tmp_path, sim, receiver))
+    receiver.up = False
+    control.inject(sim.url, "spot_interruption")
+    agent.check_once()
+    assert agent.push_once() is False and len(agent.state["pending"]) == 1
+    receiver.up = True
+    assert agent.push_once() is True and agent.state["pending"] == []
+    assert len(receiver.of_type("notice")) == 1 and receiver.refused == []
+
+
+def test_wrong_secret_is_refused_and_retried(metadata_sim, receiver, tmp_path):
+    sim = metadata_sim("aws")
+    config = make_config(tmp_path, sim, receiver)
+    Path(config["secret_file"]).write_text("b" * 32)
+    agent = _agent.Agent(config)
+    control.inject(sim.url, "spot_interruption")
+    agent.check_once()
+    assert agent.push_once() is False and receiver.refused == ["forged"] and agent.state["pending"]
+
+
+@pytest.mark.parametrize("cloud, kind", [("gcp", "preempt"), ("aws", "spot_interruption"), ("azure", "terminate")])
+def test_running_agent_hears_a_notice_within_about_a_second(metadata_sim, receiver, tmp_path, cloud, kind):
+    sim = metadata_sim(cloud)
+    agent = _agent.Agent(make_config(tmp_path, sim, receiver), log=lambda msg: None)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 10
+        while not receiver.of_type("heartbeat") and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # GCP: the agent is now inside a hanging GET
+        injected = time.time()
+        control.inject(sim.url, kind)
+        while not receiver.of_type("notice") and time.time() < injected + 10:
+            time.sleep(0.02)
+        assert receiver.of_type("notice"), "no notice pushed within 10 s"
+        entry = next(iter(agent.state["notices"].values()))
+        assert entry["detected_epoch"] - injected < 1.6, entry["detected_epoch"] - injected
+    finally:
+        agent.stop()
+        thread.join(15)
+    assert not thread.is_alive()
+
+
+def test_background_process_start_is_idempotent_and_stop_leaves_nothing(metadata_sim, receiver, tmp_path):
+    sim = metadata_sim("aws")
+    config = make_config(tmp_path, sim, receiver)
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({k: v for k, v in config.items()}))
+    launcher = tmp_path / "spot-eviction-agent"
+    collections = collections_path()
+    launcher.write_text("import sys\nsys.path.insert(0, %r)\n"
+                        "from ansible_collections.spot.migration.plugins.module_utils._agent import main\n"
+                        "sys.exit(main())\n" % str(collections))
+
+    def call(command):
+        out = subprocess.run([sys.executable, str(launcher), "--config", str(cfg), command], capture_output=True,
+                             text=True, timeout=30, check=True)
+        return json.loads(out.stdout)
+
+    started = call("start")
+    try:
+        assert started["changed"] is True
+        assert call("start") == {"changed": False, "supervisor": started["supervisor"]}
+        deadline = time.time() + 10
+        while not receiver.of_type("heartbeat") and time.time() < deadline:
+            time.sleep(0.05)
+        assert receiver.of_type("heartbeat"), (tmp_path / "agent-state" / "agent.log").read_text()
+        info = json.loads((tmp_path / "agent-state" / "agent.pid").read_text())
+        os.kill(info["agent"], 9)  # the supervisor restarts a dead agent
+        deadline = time.time() + 10
+        while json.loads((tmp_path / "agent-state" / "agent.pid").read_text())["agent"] == info["agent"]:
+            assert time.time() < deadline, "the supervisor did not restart the agent"
+            time.sleep(0.05)
+        cfg.write_text(json.dumps(dict(config, poll_interval=0.5)))
+        assert call("start")["restarted"] is True
+    finally:
+        stopped = call("stop")
+    assert stopped == {"changed": True} and call("status")["running"] is False
+    info = json.loads((tmp_path / "agent-state" / "agent.pid").read_text())
+    for pid in (info["supervisor"], info["agent"]):
+        assert _agent._start_ticks(pid) is None
+
+
+def test_bad_config_is_named(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"node": "n", "watcher_url": "http://127.0.0.1:9", "pol_interval": 1}))
+    with pytest.raises(_agent.AgentError, match="unknown settings: pol_interval"):
+        _agent.load_config(str(cfg))
+    cfg.write_text(json.dumps({"node": "n"}))
+    with pytest.raises(_agent.AgentError, match="watcher_url is required"):
+        _agent.load_config(str(cfg))
