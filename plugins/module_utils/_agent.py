@@ -377,6 +377,10 @@ def _digest(path):
         return hashlib.sha256(handle.read()).hexdigest()
 
 
+def _say(data):
+    sys.stdout.write(json.dumps(data) + '\n')
+
+
 def main(argv=None):
     """``spot-eviction-agent --config FILE run|start|stop|status``: prints one JSON line for start/stop/status."""
     import argparse
@@ -395,22 +399,22 @@ def main(argv=None):
             return 0
         if args.command == 'status':
             info = read_pidfile(pidfile)
-            print(json.dumps({'running': info is not None, 'supervisor': (info or {}).get('supervisor'),
-                              'agent': (info or {}).get('agent')}))
+            _say({'running': info is not None, 'supervisor': (info or {}).get('supervisor'),
+                  'agent': (info or {}).get('agent')})
             return 0
         if args.command == 'stop':
-            print(json.dumps({'changed': stop_supervised(pidfile)}))
+            _say({'changed': stop_supervised(pidfile)})
             return 0
         digest = _digest(args.config)
         info = read_pidfile(pidfile)
         if info is not None and info.get('config_digest') == digest:
-            print(json.dumps({'changed': False, 'supervisor': info['supervisor']}))
+            _say({'changed': False, 'supervisor': info['supervisor']})
             return 0
         restarted = stop_supervised(pidfile)
         Agent(config)  # refuse a bad secret or state dir here, not in the background
         launcher = [sys.executable, os.path.abspath(sys.argv[0]), '--config', os.path.abspath(args.config), 'run']
         pid = supervise(launcher, pidfile, os.path.join(config['state_dir'], 'agent.log'), digest)
-        print(json.dumps({'changed': True, 'restarted': restarted, 'supervisor': pid}))
+        _say({'changed': True, 'restarted': restarted, 'supervisor': pid})
         return 0
     except (AgentError, NoticeError, SignatureError, IOError, OSError) as exc:
         sys.stderr.write('spot-eviction-agent: %s\n' % exc)

@@ -48,5 +48,3 @@ def migrations(fleet, fleet_play, ansible_env, tmp_path):
         m.cleanup()
         for node in ("node1", "node2", "node3"):
             fleet_mod.inject(fleet.dir, node, "clear")
-
-

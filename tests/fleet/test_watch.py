@@ -302,7 +302,7 @@ def test_same_notice_sixty_times_one_migration_one_alert(wfleet, watcher, wmig):
     wmig.deploy("node1", "wdup")
     watcher.start(interval=1, hosts="all")
     fleet_mod.inject(wfleet.dir, "node1", "spot_interruption", in_seconds=120)
-    wait_for(lambda: watcher.notices(), 10, "the first delivery")
+    wait_for(watcher.notices, 10, "the first delivery")
     notice = json.loads(watcher.notices()[0]["payload"])
     secret = _signing().load_secret(wfleet.secret_file.read_text())
     supervisor, _agent = fleet_mod.agent_pids(wfleet.node("node1"))

@@ -28,33 +28,10 @@ class Receiver(ThreadingHTTPServer):
     def __init__(self):
         self.events, self.refused, self.nonces, self.up = [], [], set(), True
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(handler):  # noqa: N805
-                body = handler.rfile.read(int(handler.headers["Content-Length"]))
-                if not self.up:
-                    handler.send_response(503)
-                    handler.end_headers()
-                    return
-                try:
-                    _signing.verify(_signing.load_secret(SECRET), dict(handler.headers.items()), body, self._seen)
-                except _signing.SignatureError as exc:
-                    self.refused.append(exc.reason)
-                    handler.send_response(401)
-                    handler.end_headers()
-                    return
-                self.events.append(json.loads(body))
-                handler.send_response(202)
-                handler.send_header("Content-Length", "2")
-                handler.end_headers()
-                handler.wfile.write(b"{}")
-
-            def log_message(handler, *args):  # noqa: N805
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(("127.0.0.1", 0), _ReceiverHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
-    def _seen(self, nonce, sent_at):
+    def seen(self, nonce, sent_at):
         if nonce in self.nonces:
             return True
         self.nonces.add(nonce)
@@ -66,6 +43,30 @@ class Receiver(ThreadingHTTPServer):
 
     def of_type(self, kind):
         return [e for e in self.events if e["type"] == kind]
+
+
+class _ReceiverHandler(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if not self.server.up:
+            self.send_response(503)
+            self.end_headers()
+            return
+        try:
+            _signing.verify(_signing.load_secret(SECRET), dict(self.headers.items()), body, self.server.seen)
+        except _signing.SignatureError as exc:
+            self.server.refused.append(exc.reason)
+            self.send_response(401)
+            self.end_headers()
+            return
+        self.server.events.append(json.loads(body))
+        self.send_response(202)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
 
 
 @pytest.fixture
@@ -205,7 +206,7 @@ def test_background_process_start_is_idempotent_and_stop_leaves_nothing(metadata
     sim = metadata_sim("aws")
     config = make_config(tmp_path, sim, receiver)
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({k: v for k, v in config.items()}))
+    cfg.write_text(json.dumps(config))
     launcher = tmp_path / "spot-eviction-agent"
     collections = collections_path()
     launcher.write_text("import sys\nsys.path.insert(0, %r)\n"

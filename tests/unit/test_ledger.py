@@ -56,7 +56,7 @@ def test_one_open_migration_per_source(path):
 def test_states_only_move_forward_and_fields_merge(path):
     ledger = Ledger(path)
     ledger.record_notice("node1", NOTICE, "push", 1.0)
-    _, mid = ledger.open_migration("aws-1", "node1", 1.0, 1.0)
+    mid = ledger.open_migration("aws-1", "node1", 1.0, 1.0)[1]
     fence = ledger.claim(mid)
     assert ledger.advance(mid, fence, "checkpointing", workloads=["a"])
     assert ledger.advance(mid, fence, "target_reserved", targets={"a": "standby1"})
@@ -78,7 +78,7 @@ def test_fencing_between_two_watchers(path):
     clock = Clock()
     first, second = Ledger(path, owner="w1", clock=clock), Ledger(path, owner="w2", clock=clock)
     first.record_notice("node1", NOTICE, "push", 1.0)
-    _, mid = first.open_migration("aws-1", "node1", 1.0, 1.0)
+    mid = first.open_migration("aws-1", "node1", 1.0, 1.0)[1]
     fence1 = first.claim(mid)
     assert second.claimable() == []
     with pytest.raises(Fenced, match="held by w1"):
@@ -105,7 +105,7 @@ def test_a_dead_watcher_on_this_host_holds_nothing(path):
     ledger = Ledger(path, owner="gone")
     ledger.pid, ledger.ticks = dead.pid, "12345"
     ledger.record_notice("node1", NOTICE, "push", 1.0)
-    _, mid = ledger.open_migration("aws-1", "node1", 1.0, 1.0)
+    mid = ledger.open_migration("aws-1", "node1", 1.0, 1.0)[1]
     ledger.claim(mid)
     restarted = Ledger(path, owner="new")
     assert [m["id"] for m in restarted.claimable()] == [mid]
@@ -114,7 +114,7 @@ def test_a_dead_watcher_on_this_host_holds_nothing(path):
 
 def test_claims_race_one_winner(path):
     Ledger(path).record_notice("node1", NOTICE, "push", 1.0)
-    _, mid = Ledger(path).open_migration("aws-1", "node1", 1.0, 1.0)
+    mid = Ledger(path).open_migration("aws-1", "node1", 1.0, 1.0)[1]
     results = []
 
     def claim(owner):
@@ -128,7 +128,7 @@ def test_claims_race_one_winner(path):
         t.start()
     for t in threads:
         t.join()
-    assert sum(1 for _, fence in results if fence) == 1
+    assert sum(1 for owner, fence in results if fence) == 1
 
 
 def test_nonces_and_alerts_survive_a_restart(path):

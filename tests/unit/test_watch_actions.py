@@ -18,7 +18,7 @@ ROLE_TEXT = "\n".join(p.read_text() for p in sorted((ROOT / "roles" / "migrate" 
 ROLE_TEXT += (ROOT / "playbooks" / "migrate.yml").read_text() + (ROOT / "playbooks" / "probe.yml").read_text()
 
 
-@pytest.mark.parametrize("task", sorted({t for _, t in actions.STATE_TASKS} | {
+@pytest.mark.parametrize("task", sorted({task for kind, task in actions.STATE_TASKS} | {
     actions.WORKLOAD_TASK, actions.TARGET_TASK, actions.STEP_TASK, actions.PROBE_TASK}))
 def test_every_task_the_watcher_follows_exists(task):
     assert f"- name: {task}\n" in ROLE_TEXT
