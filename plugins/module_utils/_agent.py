@@ -159,9 +159,10 @@ class Agent:
     def on_notice(self, notice):
         detected_at = self.clock()
         signalled = self.signal_workloads() if notice['evicting'] and self.config['signal_workloads'] else []
+        signalled_at = self.clock() if signalled else None
         entry = {'notice': dict((k, v) for k, v in notice.items() if k not in ('notices',)),
                  'detected_at': iso_utc(detected_at), 'detected_epoch': detected_at,
-                 'signalled': signalled, 'signalled_at': iso_utc(self.clock()) if signalled else None,
+                 'signalled': signalled, 'signalled_at': iso_utc(signalled_at), 'signalled_epoch': signalled_at,
                  'acked_at': None}
         with self.lock:
             self.state['notices'][notice['notice_id']] = entry
@@ -182,14 +183,14 @@ class Agent:
                 names = driver.names()
             except (WorkloadError, OSError, ValueError) as exc:
                 if runtime == 'process' or 'not installed' not in str(exc):
-                    done.append({'name': None, 'runtime': runtime, 'error': str(exc)})
+                    done.append({'name': '(%s)' % runtime, 'runtime': runtime, 'error': str(exc)})
                 continue
             for name in names:
                 try:
                     state = driver.status(name)
                     if state and state['running']:
                         how = request_checkpoint(driver, name, state['spec'])
-                        done.append({'name': name, 'runtime': runtime, 'how': how, 'at': iso_utc(self.clock())})
+                        done.append({'name': name, 'runtime': runtime, 'how': how, 'at_epoch': self.clock()})
                 except (WorkloadError, OSError, ValueError) as exc:
                     done.append({'name': name, 'runtime': runtime, 'error': str(exc)})
         return done
@@ -224,7 +225,8 @@ class Agent:
         for notice_id in pending:
             entry = self.state['notices'][notice_id]
             payload = {'type': 'notice', 'node': self.config['node'], 'notice': entry['notice'],
-                       'detected_at': entry['detected_at'], 'signalled_at': entry['signalled_at'],
+                       'detected_at': entry['detected_at'], 'detected_epoch': entry['detected_epoch'],
+                       'signalled_at': entry['signalled_at'], 'signalled_epoch': entry.get('signalled_epoch'),
                        'signalled': entry['signalled'], 'sent_at': iso_utc(self.clock())}
             ok, error = self._post(payload)
             if not ok:

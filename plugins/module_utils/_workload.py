@@ -487,8 +487,12 @@ def request_checkpoint(driver, name, spec):
     return how
 
 
-def ensure_checkpointed(driver, name, check_mode, deadline=60.0, checkpoint_dir=None, stable_for=0.0):
-    """Signal the workload, then wait up to ``deadline`` for a complete checkpoint newer than the signal."""
+def ensure_checkpointed(driver, name, check_mode, deadline=60.0, checkpoint_dir=None, stable_for=0.0,
+                        signalled_at=None):
+    """Signal the workload, then wait up to ``deadline`` for a complete checkpoint newer than the signal.
+
+    ``signalled_at``: the workload was already asked at that time (by the eviction agent); a complete checkpoint
+    newer than it is taken as it is, without asking a second time."""
     current = driver.status(name)
     if not current or not current['running']:
         raise WorkloadError('workload %s is not running, so it cannot checkpoint' % name)
@@ -496,6 +500,15 @@ def ensure_checkpointed(driver, name, check_mode, deadline=60.0, checkpoint_dir=
     directory = checkpoint_dir or spec.get('checkpoint_dir')
     if not directory:
         raise WorkloadError('workload %s has no checkpoint_dir to watch' % name)
+    if signalled_at is not None:
+        try:
+            found = find_checkpoint(directory, newer_than=float(signalled_at) - 0.001, stable_for=stable_for)
+        except CheckpointError:
+            found = None
+        if found is not None:
+            found['signalled_at'] = float(signalled_at)
+            found['signal'] = 'earlier'
+            return {'changed': False, 'workload': public(current), 'checkpoint': found}
     if check_mode:
         return {'changed': True, 'workload': public(current), 'signal': spec.get('checkpoint_signal'),
                 'checkpoint_dir': directory}

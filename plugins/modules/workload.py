@@ -105,6 +105,12 @@ options:
     description: A checkpoint whose files changed less than this many seconds ago is not complete yet.
     type: float
     default: 0
+  signalled_at:
+    description:
+      - V(checkpointed) only. The workload was already asked to checkpoint at this time (Unix seconds), for example
+        by the eviction agent the moment the notice appeared. A complete checkpoint newer than it is taken as it is
+        (C(changed=false), C(checkpoint.signal=earlier)) instead of asking the workload a second time.
+    type: float
   stop_timeout:
     description: Seconds between SIGTERM and SIGKILL.
     type: float
@@ -205,6 +211,7 @@ def main():
             workdir=dict(type='path'),
             deadline=dict(type='float', default=60.0),
             stable_for=dict(type='float', default=0.0),
+            signalled_at=dict(type='float'),
             stop_timeout=dict(type='float', default=30.0),
             recreate=dict(type='bool', default=False),
             workload_root=dict(type='path'),
@@ -223,7 +230,7 @@ def main():
             result = ensure_started(driver, spec, module.check_mode, p['recreate'])
         elif p['state'] == 'checkpointed':
             result = ensure_checkpointed(driver, p['name'], module.check_mode, p['deadline'], p['checkpoint_dir'],
-                                         p['stable_for'])
+                                         p['stable_for'], p['signalled_at'])
         elif p['state'] == 'stopped':
             result = ensure_stopped(driver, p['name'], module.check_mode, p['stop_timeout'])
         else:

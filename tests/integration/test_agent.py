@@ -250,3 +250,21 @@ def test_bad_config_is_named(tmp_path):
     cfg.write_text(json.dumps({"node": "n"}))
     with pytest.raises(_agent.AgentError, match="watcher_url is required"):
         _agent.load_config(str(cfg))
+
+
+def test_the_agents_checkpoint_is_used_without_asking_again(trainer, tmp_path):
+    driver = _workload.ProcessDriver(_agent._run, str(tmp_path / "workloads"))
+    asked = time.time()
+    _workload.request_checkpoint(driver, "job", driver.status("job")["spec"])
+    deadline = time.time() + 5
+    while not [p for p in trainer.glob("step-*.safetensors") if p.stat().st_mtime > asked] and time.time() < deadline:
+        time.sleep(0.05)
+    files = sorted(p.name for p in trainer.glob("step-*.safetensors"))
+    taken = _workload.ensure_checkpointed(driver, "job", False, deadline=5, signalled_at=asked)
+    assert taken["changed"] is False and taken["checkpoint"]["signal"] == "earlier"
+    assert taken["checkpoint"]["mtime"] >= asked
+    assert sorted(p.name for p in trainer.glob("step-*.safetensors")) == files
+    # Asked before the newest checkpoint? Nothing newer than "now": it asks again and waits for a new one.
+    fresh = _workload.ensure_checkpointed(driver, "job", False, deadline=5, signalled_at=time.time())
+    assert fresh["changed"] is True and fresh["checkpoint"]["signal"] == "SIGUSR1"
+    assert fresh["checkpoint"]["checkpoint"] != taken["checkpoint"]["checkpoint"]

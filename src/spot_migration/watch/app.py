@@ -102,7 +102,8 @@ class Watcher:
         if not isinstance(notice, dict) or not notice.get("notice_id"):
             raise LookupError("notice event without a notice_id")
         self.node_seen(node, "agent", False, None, notice.get("provider"), None)
-        return self.on_notice(node, notice, "push", _epoch(event.get("detected_at")), _epoch(event.get("signalled_at")))
+        return self.on_notice(node, notice, "push", _epoch(event.get("detected_epoch") or event.get("detected_at")),
+                              _epoch(event.get("signalled_epoch") or event.get("signalled_at")))
 
     def node_seen(self, node: str, via: str, blind: bool, error: str | None, provider: str | None,
                   agent_version: str | None) -> None:
@@ -129,6 +130,12 @@ class Watcher:
             self.log(f"notice {notice['notice_id']} from {node} via {via}: {notice.get('provider')} {notice.get('kind')}"
                      f" (evicting: {notice.get('evicting')}, deadline {notice.get('deadline')})")
         if notice.get("evicting") and node in self.groups.get("spot", []) and not migration_id:
+            if not self.config.migrate.enabled:
+                if new:
+                    self.alerter.alert(f"notice:{notice['notice_id']}", f"{node} is being taken away ({notice.get('kind')},"
+                                       f" deadline {notice.get('deadline')}); migrations are off (migrate.enabled: false)",
+                                       node=node, notice_id=notice["notice_id"], kind="notice")
+                return {"accepted": True, "duplicate": not new, "migration_id": None}
             created, migration_id = self.ledger.open_migration(notice["notice_id"], node, detected_at or received, received)
             if created:
                 self.log(f"migration {migration_id}: {node} is being taken away; moving its workloads")
@@ -213,6 +220,9 @@ class Watcher:
             "spot_reservation_file": str(Path(self.config.state_dir) / "reservations.json"),
             "notice_at": _iso(m["notice_at"]), "detected_at": _iso(m["detected_at"]),
         })
+        signalled_at = self.ledger.signalled_at(m["notice_id"])
+        if signalled_at:
+            extravars["signalled_at"] = signalled_at
         resumed = m["attempts"] > 1
         if resumed and ORDER[m["state"]] >= ORDER["target_reserved"] and m["workloads"]:
             # Resume from the last completed step: what already runs on its target is left alone.

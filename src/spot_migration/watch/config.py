@@ -34,6 +34,7 @@ class SweepConfig:
 
 @dataclass
 class MigrateConfig:
+    enabled: bool = True            # false: record and alert, never migrate (observe-only roll-out)
     transfer: str = "rsync"
     max_concurrent: int = 4
     extra_vars: dict[str, Any] = field(default_factory=dict)

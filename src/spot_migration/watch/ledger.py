@@ -127,6 +127,11 @@ class Ledger:
                         json.dumps(notice, sort_keys=True)))
             return True, dict(db.execute("SELECT * FROM notices WHERE notice_id = ?", (notice_id,)).fetchone())
 
+    def signalled_at(self, notice_id: str | None) -> float | None:
+        """When the node's agent asked the workloads to checkpoint for this notice (None: it did not say)."""
+        row = self._db().execute("SELECT signalled_at FROM notices WHERE notice_id = ?", (notice_id,)).fetchone()
+        return row["signalled_at"] if row else None
+
     def notices(self, limit: int = 100) -> list[dict]:
         rows = self._db().execute("SELECT * FROM notices ORDER BY detected_at DESC LIMIT ?", (limit,)).fetchall()
         return [dict(r) for r in rows]

@@ -1,0 +1,326 @@
+"""Benchmark for issue [E]: how fast a notice reaches the workload and the watcher, with agents, with the probe
+sweep only, and with a cron-every-30-s baseline; 8 simultaneous evictions against one; probe sweep time for
+8, 16 and 32 nodes. All on local fleets (real sshd, real agents, real watcher, real ansible-runner).
+
+Run: .venv/bin/python bench/watch_bench.py [--notices 50] [--skip-eight] [--skip-sweep]
+Prints the figures and writes bench/out/watch.json. Not a test: it asserts nothing.
+
+* agents: the eviction agent on each spot node (1 s polls; GCP hanging GET), the watcher with migrations off
+  (observe-only), the sweep off. "visible" is the simulator's own time of the injection. "signalled" is when the
+  agent sent SIGUSR1 to the node's trainer; "watcher" is when the watcher stored the pushed notice.
+* sweep only: agents stopped, the watcher's fallback sweep of all spot nodes every 15 s (its default).
+* cron 30 s: modelled, not run: each notice waits a uniform 0-30 s for the next cron tick (seeded), plus the
+  measured duration of one `ansible-playbook spot.migration.probe` over the same nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import secrets
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from spot_migration import collections_path  # noqa: E402
+from spot_migration import fleet as fleet_mod  # noqa: E402
+from spot_migration.watch import actions as actions_mod  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections_path()), ANSIBLE_NOCOLOR="1",
+                ANSIBLE_PIPELINING="true", PATH=f"{BIN}:{os.environ['PATH']}",
+                CONTAINERS_CONF=str(ROOT / "hacking" / "containers.conf"))
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo), 3)
+
+
+def summary(values: list[float]) -> dict:
+    return {"n": len(values), "p50_s": pct(values, 50), "p95_s": pct(values, 95),
+            "max_s": round(max(values), 3) if values else None}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def play(fleet, play_dict: dict) -> None:
+    path = Path(fleet.dir) / f"bench-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps([play_dict]))
+    result = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(fleet.inventory_path), str(path)], env=env(),
+                            capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise SystemExit(result.stdout[-3000:])
+
+
+def agents(fleet, port: int, secret: str, state: str = "started", hosts: str = "spot") -> None:
+    play(fleet, {"hosts": hosts, "gather_facts": False, "roles": [{
+        "role": "spot.migration.eviction_agent", "eviction_agent_watcher_url": f"http://127.0.0.1:{port}",
+        "eviction_agent_secret": secret, "eviction_agent_runtimes": ["process"], "eviction_agent_state": state}]})
+
+
+def deploy(fleet, hosts: str, name: str, extra: list[str]) -> None:
+    ck = "{{ spot_checkpoint_root }}/" + name
+    play(fleet, {"hosts": hosts, "gather_facts": False, "tasks": [
+        {"spot.migration.workload": {"name": name, "runtime": "process", "gpus": 1,
+                                     "command": ["{{ ansible_python_interpreter }}", "{{ spot_trainer }}"],
+                                     "args": ["--checkpoint-dir", ck, "--step-time", "0.01", *extra],
+                                     "checkpoint_dir": ck, "workload_root": "{{ spot_workload_root }}"}},
+        {"spot.migration.checkpoint_info": {"path": ck, "wait_timeout": 30}}]})
+
+
+class Watcher:
+    def __init__(self, fleet, workdir: Path, port: int, secret_file: Path, **config):
+        self.state = workdir / f"watch-{time.monotonic_ns()}"
+        self.state.mkdir(parents=True)
+        cfg = {"inventory": str(fleet.inventory_path), "listen": f"127.0.0.1:{port}", "state_dir": str(self.state),
+               "secret_file": str(secret_file), **config}
+        (self.state / "watch.yml").write_text(yaml.safe_dump(cfg))
+        self.log = open(self.state / "watch.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([str(BIN / "spot-migration"), "watch", "--config", str(self.state / "watch.yml")],
+                                     env=env(), stdout=self.log, stderr=subprocess.STDOUT)
+        end = time.time() + 30
+        while not (self.state / "ledger.sqlite").exists() and time.time() < end:
+            time.sleep(0.1)
+        time.sleep(1.0)
+
+    def rows(self, sql: str, *args) -> list[dict]:
+        db = sqlite3.connect(self.state / "ledger.sqlite", timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in db.execute(sql, args)]
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for m in self.rows("SELECT id FROM migrations"):
+            actions_mod.kill_marked(m["id"])
+        self.log.close()
+
+
+def agent_entry(fleet, node: str, notice_id: str) -> dict | None:
+    path = Path(fleet.node(node).paths["state"]) / "eviction-agent" / "state" / "state.json"
+    try:
+        return json.loads(path.read_text())["notices"].get(notice_id)
+    except (OSError, ValueError):
+        return None
+
+
+def detection_run(fleet, watcher: Watcher, nodes: list[str], count: int, per_round: int, timeout: float,
+                  kind_of: dict[str, str]) -> dict:
+    """Inject ``count`` notices, ``per_round`` nodes at a time; per notice: visible -> signalled, -> watcher."""
+    signalled, received = [], []
+    rng = random.Random(7)
+    done = 0
+    while done < count:
+        batch = nodes[: min(per_round, count - done)]
+        time.sleep(rng.uniform(0.0, 1.0))  # sample the agents' polling phase
+        created = {n: fleet_mod.inject(fleet.dir, n, kind_of[n])["created"] for n in batch}
+        end = time.time() + timeout
+        pending = dict(created)
+        while pending and time.time() < end:
+            for node, at in list(pending.items()):
+                rows = watcher.rows("SELECT * FROM notices WHERE node = ? AND detected_at >= ?", node, at - 0.5)
+                if rows:
+                    received.append(rows[0]["detected_at"] - at)
+                    entry = agent_entry(fleet, node, rows[0]["notice_id"])
+                    if entry and entry.get("signalled_epoch"):
+                        signalled.append(entry["signalled_epoch"] - at)
+                    del pending[node]
+            time.sleep(0.02)
+        for node in batch:
+            fleet_mod.inject(fleet.dir, node, "clear")
+        done += len(batch)
+        print(f"  {done}/{count} notices", flush=True)
+    return {"signalled": summary(signalled), "watcher": summary(received), "lost": count - len(received)}
+
+
+def probe_durations(fleet, hosts: list[str], runs: int = 5) -> list[float]:
+    durations = []
+    for _ in range(runs):
+        start = time.monotonic()
+        subprocess.run([str(BIN / "ansible-playbook"), "-i", str(fleet.inventory_path), "spot.migration.probe",
+                        "-e", f"probe_hosts={','.join(hosts)}"], env=env(), capture_output=True, check=True)
+        durations.append(time.monotonic() - start)
+    return durations
+
+
+def detection(workdir: Path, count: int) -> dict:
+    fleet = fleet_mod.up(workdir / "fleet-detect", nodes=4, base_address="127.0.60.10", image=False, log=lambda *_: None)
+    try:
+        secret = secrets.token_hex(32)
+        secret_file = workdir / "secret"
+        secret_file.write_text(secret)
+        secret_file.chmod(0o600)
+        port = free_port()
+        spot = [n.name for n in fleet.nodes if not n.standby]
+        kind_of = {n.name: {"aws": "spot_interruption", "gcp": "preempt", "azure": "terminate"}[n.cloud]
+                   for n in fleet.nodes if not n.standby}
+        deploy(fleet, "spot", "bench-det", ["--every", "1000000", "--initial-checkpoint"])
+        agents(fleet, port, secret)
+        print("agents: one notice at a time on 3 spot nodes (AWS, GCP, Azure)", flush=True)
+        watcher = Watcher(fleet, workdir, port, secret_file, migrate={"enabled": False}, sweep={"hosts": "none"})
+        try:
+            with_agents = detection_run(fleet, watcher, spot, count, 1, 20, kind_of)
+        finally:
+            watcher.stop()
+        agents(fleet, port, secret, state="stopped")
+        print("sweep only (agents stopped, sweep of all spot nodes every 15 s)", flush=True)
+        watcher = Watcher(fleet, workdir, port, secret_file, migrate={"enabled": False},
+                          sweep={"hosts": "all", "interval": 15})
+        try:
+            sweep_only = detection_run(fleet, watcher, spot, max(count // 3, 9), len(spot), 60, kind_of)
+        finally:
+            watcher.stop()
+        durations = probe_durations(fleet, spot)
+        rng = random.Random(30)
+        cron = [rng.uniform(0, 30) + durations[i % len(durations)] for i in range(count)]
+        return {"agents": with_agents, "sweep_only": sweep_only,
+                "cron_30s_modelled": {"watcher": summary(cron), "probe_playbook_s": [round(d, 2) for d in durations]}}
+    finally:
+        fleet_mod.down(fleet.dir, log=lambda *_: None)
+
+
+def evictions(workdir: Path) -> dict:
+    """One eviction, then eight at once, with agents and the watcher migrating (max_concurrent 8)."""
+    fleet = fleet_mod.up(workdir / "fleet-eight", nodes=12, standby=4, base_address="127.0.61.10", image=False,
+                         log=lambda *_: None)
+    try:
+        secret = secrets.token_hex(32)
+        secret_file = workdir / "secret8"
+        secret_file.write_text(secret)
+        secret_file.chmod(0o600)
+        port = free_port()
+        spot = [n.name for n in fleet.nodes if not n.standby]
+        agents(fleet, port, secret)
+        results = {}
+        for label, nodes in (("one", spot[:1]), ("eight", spot[:8])):
+            name = f"bench-{label}"
+            deploy(fleet, ",".join(nodes), name, ["--every", "50"])
+            watcher = Watcher(fleet, workdir, port, secret_file, migrate={"max_concurrent": 8},
+                              sweep={"hosts": "none"})
+            try:
+                kind = {n.name: {"aws": "spot_interruption", "gcp": "preempt", "azure": "terminate"}[n.cloud]
+                        for n in fleet.nodes}
+                start = time.time()
+                for node in nodes:
+                    fleet_mod.inject(fleet.dir, node, kind[node])
+                end = time.time() + 600
+                rows: list[dict] = []
+                while time.time() < end:
+                    rows = watcher.rows("SELECT * FROM migrations")
+                    if len(rows) == len(nodes) and all(r["state"] in ("running", "failed") for r in rows):
+                        break
+                    time.sleep(0.5)
+                each = [r["finished_at"] - r["notice_at"] for r in rows if r["state"] == "running"]
+                results[label] = {"migrations": len(rows), "running": len(each), "notice_to_running": summary(each),
+                                  "all_running_after_s": round(max(r["finished_at"] for r in rows) - start, 2)
+                                  if rows and all(r["finished_at"] for r in rows) else None}
+                print(f"  {label}: {results[label]}", flush=True)
+            finally:
+                watcher.stop()
+            for node in nodes:
+                fleet_mod.inject(fleet.dir, node, "clear")
+            play(fleet, {"hosts": "all", "gather_facts": False, "tasks": [{"spot.migration.workload": {
+                "name": name, "runtime": "process", "state": "absent", "workload_root": "{{ spot_workload_root }}"}}]})
+        results["ratio_eight_vs_one"] = (round(results["eight"]["all_running_after_s"] / results["one"]["all_running_after_s"], 2)
+                                         if results["eight"]["all_running_after_s"] and results["one"]["all_running_after_s"]
+                                         else None)
+        return results
+    finally:
+        fleet_mod.down(fleet.dir, log=lambda *_: None)
+
+
+def sweeps(workdir: Path) -> dict:
+    fleet = fleet_mod.up(workdir / "fleet-sweep", nodes=32, standby=0, base_address="127.0.62.10", image=False,
+                         log=lambda *_: None)
+    try:
+        acts = actions_mod.Actions(str(fleet.inventory_path), workdir / "sweep-runs", log=lambda *_: None)
+        spot = [n.name for n in fleet.nodes]
+        out = {}
+        for size in (8, 16, 32):
+            times = []
+            for _ in range(3):
+                results: dict[str, dict] = {}
+                rc, seconds = actions_mod.sweep(acts, spot[:size], 5.0, lambda host, res: results.__setitem__(host, res))
+                if rc != 0 or len(results) != size:
+                    raise SystemExit(f"sweep of {size} nodes: rc {rc}, {len(results)} results")
+                times.append(seconds)
+            out[str(size)] = {"runs_s": [round(t, 2) for t in times], "median_s": round(statistics.median(times), 2)}
+            print(f"  sweep of {size} nodes: {out[str(size)]}", flush=True)
+        return out
+    finally:
+        fleet_mod.down(fleet.dir, log=lambda *_: None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--notices", type=int, default=50)
+    parser.add_argument("--skip-eight", action="store_true")
+    parser.add_argument("--skip-sweep", action="store_true")
+    args = parser.parse_args()
+    report = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d"),
+              "python": platform.python_version()}
+    with tempfile.TemporaryDirectory(prefix="spot-bench-watch-") as tmp:
+        workdir = Path(tmp)
+        print("== detection", flush=True)
+        report["detection"] = detection(workdir, args.notices)
+        if not args.skip_eight:
+            print("== one eviction vs eight at once", flush=True)
+            report["evictions"] = evictions(workdir)
+        if not args.skip_sweep:
+            print("== probe sweep time", flush=True)
+            report["sweep"] = sweeps(workdir)
+    out = ROOT / "bench" / "out"
+    out.mkdir(exist_ok=True)
+    (out / "watch.json").write_text(json.dumps(report, indent=2))
+    d = report["detection"]
+    print(f"\nmachine: {report['machine']}, {report['date']}")
+    print(f"{'notice visible ->':<34} {'p50':>8} {'p95':>8} {'n':>4}")
+    rows = [("workload signalled (agent)", d["agents"]["signalled"]), ("watcher has it (agent push)", d["agents"]["watcher"]),
+            ("watcher has it (sweep only, 15 s)", d["sweep_only"]["watcher"]),
+            ("watcher has it (cron 30 s, modelled)", d["cron_30s_modelled"]["watcher"])]
+    for label, s in rows:
+        print(f"{label:<34} {s['p50_s']:>7}s {s['p95_s']:>7}s {s['n']:>4}")
+    if "evictions" in report:
+        e = report["evictions"]
+        print(f"one eviction: running after {e['one']['all_running_after_s']} s; eight at once: all running after "
+              f"{e['eight']['all_running_after_s']} s (x{e['ratio_eight_vs_one']}), per migration p50 "
+              f"{e['eight']['notice_to_running']['p50_s']} s")
+    if "sweep" in report:
+        print("probe sweep: " + ", ".join(f"{k} nodes {v['median_s']} s" for k, v in report["sweep"].items()))
+    print(f"written: {out / 'watch.json'}")
+
+
+if __name__ == "__main__":
+    main()
