@@ -392,3 +392,42 @@ def test_blind_metadata_service_is_reported_never_migrated(wfleet, watcher, wmig
     assert watcher.migrations() == [] and watcher.notices() == []
     assert wmig.where("wblind") == {"node3": True}
     assert [a["kind"] for a in watcher.received if a.get("kind")] == ["blind"]
+
+
+def test_silent_agent_the_sweep_finds_the_notice(wfleet, watcher, wmig):
+    wmig.deploy("node3", "wsilent")
+    pids = fleet_mod.agent_pids(wfleet.node("node3"))
+    for pid, _ticks in pids:
+        os.kill(pid, signal.SIGSTOP)  # the agent hangs: no heartbeats, no pushes
+    try:
+        watcher.start(interval=2)
+        fleet_mod.inject(wfleet.dir, "node3", "terminate")
+        migration = watcher.finished()
+        assert migration["state"] == "running"
+        _assert_once(wmig, "wsilent", migration)
+        notice = watcher.notices()[0]
+        assert notice["first_via"] == "sweep" and notice["node"] == "node3"
+        assert watcher.node("node3")["last_heartbeat_at"] is None and watcher.node("node3")["last_probe_at"]
+    finally:
+        for pid, _ticks in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_two_evictions_at_once_share_the_reservations(wfleet, watcher, wmig):
+    wmig.deploy("node1", "wtwo-a")
+    wmig.deploy("node3", "wtwo-b")
+    watcher.start()
+    fleet_mod.inject(wfleet.dir, "node1", "spot_interruption", in_seconds=120)
+    fleet_mod.inject(wfleet.dir, "node3", "terminate")
+    wait_for(lambda: len(watcher.migrations()) == 2 and all(m["state"] in ("running", "failed")
+                                                            for m in watcher.migrations()), 240,
+             "both migrations to finish", interval=0.5)
+    by_name = {m["workloads"][0]: m for m in watcher.migrations()}
+    assert {m["state"] for m in by_name.values()} == {"running"}, by_name
+    targets = {name: _assert_once(wmig, name, m) for name, m in by_name.items()}
+    gpus = []
+    for name, target in targets.items():
+        spec = json.loads((Path(wfleet.node(target).paths["workloads"]) / name / "spec.json").read_text())
+        gpus.append((target, tuple(spec["gpus"])))
+    assert len(set(gpus)) == 2, gpus  # never the same GPUs twice
+    assert len(watcher.received) == 2
