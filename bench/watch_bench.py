@@ -6,7 +6,8 @@ Run: .venv/bin/python bench/watch_bench.py [--notices 50] [--skip-eight] [--skip
 Prints the figures and writes bench/out/watch.json. Not a test: it asserts nothing.
 
 * agents: the eviction agent on each spot node (1 s polls; GCP hanging GET), the watcher with migrations off
-  (observe-only), the sweep off. "visible" is the simulator's own time of the injection. "signalled" is when the
+  (observe-only), the sweep off. "visible" is the simulator's own time of the injection; after a GCP preemption
+  the node gets a new boot id (a preempted VM must be started again before it can be preempted again). "signalled" is when the
   agent sent SIGUSR1 to the node's trainer; "watcher" is when the watcher stored the pushed notice.
 * sweep only: agents stopped, the watcher's fallback sweep of all spot nodes every 15 s (its default).
 * cron 30 s: modelled, not run: each notice waits a uniform 0-30 s for the next cron tick (seeded), plus the
@@ -145,7 +146,7 @@ def detection_run(fleet, watcher: Watcher, nodes: list[str], count: int, per_rou
     while done < count:
         batch = nodes[: min(per_round, count - done)]
         time.sleep(rng.uniform(0.0, 1.0))  # sample the agents' polling phase
-        created = {n: fleet_mod.inject(fleet.dir, n, kind_of[n])["created"] for n in batch}
+        created = {n: fleet_mod.inject(fleet.dir, n, kind_of[n])["created"] for n in batch}  # the simulator's clock
         end = time.time() + timeout
         pending = dict(created)
         while pending and time.time() < end:
@@ -160,6 +161,10 @@ def detection_run(fleet, watcher: Watcher, nodes: list[str], count: int, per_rou
             time.sleep(0.02)
         for node in batch:
             fleet_mod.inject(fleet.dir, node, "clear")
+            if kind_of[node] == "preempt":
+                # A preempted GCE VM is stopped; before it can be preempted again it must be started again (a new
+                # boot, so a new notice id).
+                fleet_mod.new_boot(fleet.dir, node)
         done += len(batch)
         print(f"  {done}/{count} notices", flush=True)
     return {"signalled": summary(signalled), "watcher": summary(received), "lost": count - len(received)}

@@ -41,6 +41,17 @@ AZURE_API_VERSION = '2021-02-01'
 AZURE_EVENTS_API_VERSION = '2020-07-01'
 USER_AGENT = 'spot.migration'
 DMI_DIR = '/sys/class/dmi/id'
+BOOT_ID_FILE = '/proc/sys/kernel/random/boot_id'
+BOOT_ID_ENV = 'SPOT_BOOT_ID_FILE'  # the local fleet gives each simulated node a boot of its own
+
+
+def read_boot_id():
+    """This boot's id (changes when the VM is stopped and started again), or None where it cannot be read."""
+    try:
+        with open(os.environ.get(BOOT_ID_ENV) or BOOT_ID_FILE) as handle:
+            return handle.read().strip() or None
+    except (IOError, OSError):
+        return None
 
 
 class TransportError(NoticeError):
@@ -274,7 +285,7 @@ class GcpProbe(MetadataProbe):
         maintenance = self._get('maintenance-event', deadline, missing=(404,))
         return parse_gcp(self.instance_id, preempted.body, None if maintenance is None else maintenance.body,
                          self.clock(), maintenance_etag=None if maintenance is None else maintenance.headers.get('etag'),
-                         evicting_kinds=self.evicting_kinds)
+                         evicting_kinds=self.evicting_kinds, boot_id=read_boot_id())
 
     def wait_step(self, remaining):
         if 'maintenance' in self.evicting_kinds or not self._preempted_etag:

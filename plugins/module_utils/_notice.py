@@ -241,10 +241,14 @@ def parse_aws(instance_id, instance_action, termination_time, rebalance, mainten
 # ---------------------------------------------------------------------------- GCP
 
 def parse_gcp(instance_id, preempted, maintenance_event, now, maintenance_etag=None,
-              evicting_kinds=DEFAULT_EVICTING_KINDS):
+              evicting_kinds=DEFAULT_EVICTING_KINDS, boot_id=None):
     """Normalise GCE metadata values: ``instance/preempted`` (TRUE/FALSE) and
     ``instance/maintenance-event`` (NONE, MIGRATE_ON_HOST_MAINTENANCE,
-    TERMINATE_ON_HOST_MAINTENANCE; None when not fetched)."""
+    TERMINATE_ON_HOST_MAINTENANCE; None when not fetched).
+
+    GCE gives a preemption no time and no id of its own, and a spot VM that was stopped can be started again with
+    the same instance id and preempted again: ``boot_id`` (the kernel's, read on the node) keeps the second
+    preemption from looking like a repeat of the first."""
     raw = {}
     notices = []
     value = _text(preempted, 'instance/preempted')
@@ -254,7 +258,7 @@ def parse_gcp(instance_id, preempted, maintenance_event, now, maintenance_etag=N
     if value == 'TRUE':
         # GCE publishes no time: the VM gets about 30 s from the moment this turns TRUE.
         notices.append(make_notice('gcp', 'preempt', instance_id, now, action='stop',
-                                   notice_id=_stable_id('gcp', instance_id, 'preempt'),
+                                   notice_id=_stable_id('gcp', instance_id, 'preempt', boot_id or ''),
                                    evicting_kinds=evicting_kinds))
     if maintenance_event is not None:
         event = _text(maintenance_event, 'instance/maintenance-event')

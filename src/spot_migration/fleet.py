@@ -53,7 +53,8 @@ class Node:
         root = Path(self.root)
         return {"checkpoints": str(root / "checkpoints"), "workloads": str(root / "workloads"),
                 "state": str(root / "state"), "bin": str(root / "bin"), "ssh": str(root / "ssh"),
-                "gpu_state": str(root / "gpus.json"), "ssh_config": str(root / "ssh" / "config")}
+                "gpu_state": str(root / "gpus.json"), "ssh_config": str(root / "ssh" / "config"),
+                "boot_id": str(root / "state" / "boot_id")}
 
 
 @dataclass
@@ -264,6 +265,7 @@ def _prepare_node(fleet: Fleet, node: Node) -> None:
     result = _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{node.name}-host", "-f", str(hostkey)])
     if result.returncode != 0:
         raise FleetError(f"ssh-keygen for {node.name}'s host key failed: {result.stderr.strip()}")
+    Path(paths["boot_id"]).write_text(str(uuid.uuid4()) + "\n")
     state = nvidia_smi.default_state(node.gpus, seed=f"{fleet.fleet_id}/{node.name}")
     Path(paths["gpu_state"]).write_text(json.dumps(state, indent=2))
     nvidia_smi.install(Path(paths["bin"]), Path(paths["gpu_state"]))
@@ -274,6 +276,7 @@ def _prepare_node(fleet: Fleet, node: Node) -> None:
         "SPOT_NODE": node.name,
         "SPOT_NODE_ROOT": node.root,
         "SPOT_FLEET_ID": fleet.fleet_id,
+        "SPOT_BOOT_ID_FILE": paths["boot_id"],
         nvidia_smi.STATE_ENV: paths["gpu_state"],
         **fleet.container_env(node),
     }
@@ -477,6 +480,15 @@ def status(directory: Path) -> list[dict[str, Any]]:
                      "ssh": f"{node.address}:{node.port}", "sshd": _alive(node.sshd_pid) and _ssh_banner(node.address, node.port),
                      "metadata": _alive(node.metadata_pid), "notices": notices, "workload_pids": workloads})
     return rows
+
+
+def new_boot(directory: Path, node_name: str) -> str:
+    """Give a node a new boot id, as if its VM had been stopped and started again (the kernel's boot id changes;
+    GCE keeps the instance id, so a second preemption differs from the first only by the boot)."""
+    node = Fleet.load(Path(directory)).node(node_name)
+    boot_id = str(uuid.uuid4())
+    Path(node.paths["boot_id"]).write_text(boot_id + "\n")
+    return boot_id
 
 
 def inject(directory: Path, node_name: str, notice: str, **extra: Any) -> dict[str, Any]:

@@ -268,3 +268,22 @@ def test_the_agents_checkpoint_is_used_without_asking_again(trainer, tmp_path):
     fresh = _workload.ensure_checkpointed(driver, "job", False, deadline=5, signalled_at=time.time())
     assert fresh["changed"] is True and fresh["checkpoint"]["signal"] == "SIGUSR1"
     assert fresh["checkpoint"]["checkpoint"] != taken["checkpoint"]["checkpoint"]
+
+
+def test_gcp_second_preemption_after_a_restart_is_a_new_notice(metadata_sim, receiver, tmp_path, monkeypatch):
+    boot = tmp_path / "boot_id"
+    boot.write_text("boot-1\n")
+    monkeypatch.setenv("SPOT_BOOT_ID_FILE", str(boot))
+    sim = metadata_sim("gcp")
+    agent = _agent.Agent(make_config(tmp_path, sim, receiver))
+    control.inject(sim.url, "preempt")
+    first = agent.check_once()
+    control.inject(sim.url, "clear")
+    assert agent.check_once()["kind"] == "none"
+    control.inject(sim.url, "preempt")
+    assert agent.check_once()["notice_id"] == first["notice_id"] and len(agent.state["notices"]) == 1
+    control.inject(sim.url, "clear")
+    boot.write_text("boot-2\n")  # the VM was stopped and started again
+    control.inject(sim.url, "preempt")
+    second = agent.check_once()
+    assert second["notice_id"] != first["notice_id"] and len(agent.state["notices"]) == 2

@@ -108,3 +108,10 @@ def test_iso8601(text, expected):
 def test_iso8601_rejects(text):
     with pytest.raises(NoticeError):
         notice_mod.parse_iso8601(text)
+
+
+def test_gcp_preemption_ids_differ_by_boot_and_repeat_within_one():
+    first = parse_gcp("1", "TRUE", "NONE", 0.0, boot_id="boot-a")
+    assert parse_gcp("1", "TRUE", "NONE", 50.0, boot_id="boot-a")["notice_id"] == first["notice_id"]
+    # Stopped and started again (same instance id, new boot), then preempted again: a new notice.
+    assert parse_gcp("1", "TRUE", "NONE", 900.0, boot_id="boot-b")["notice_id"] != first["notice_id"]
