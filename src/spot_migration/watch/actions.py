@@ -89,7 +89,8 @@ class Actions:
 
     def run(self, ident: str, playbook: str | list, extravars: dict[str, Any] | None = None,
             on_event: Callable[[dict], None] | None = None, marker: str | None = None, limit: str | None = None,
-            timeout: float | None = None, cancel: Callable[[], bool] | None = None) -> tuple[int, Path]:
+            timeout: float | None = None, cancel: Callable[[], bool] | None = None,
+            forks: int | None = None) -> tuple[int, Path]:
         """Run one playbook (a name like ``spot.migration.migrate`` or a list of plays). Returns (rc, private dir)."""
         private = self.runs_dir / ident
         private.mkdir(parents=True, exist_ok=True)
@@ -98,6 +99,9 @@ class Actions:
             (private / "project" / "play.yml").write_text(json.dumps(playbook))
             playbook = "play.yml"
         control_dir = tempfile.mkdtemp(prefix="spot-cp-")
+        envvars = self._env(marker, control_dir)
+        if forks:
+            envvars["ANSIBLE_FORKS"] = str(int(forks))
 
         def handler(event: dict) -> bool:
             if on_event is not None:
@@ -110,7 +114,7 @@ class Actions:
         try:
             result = ansible_runner.run(
                 private_data_dir=str(private), playbook=playbook, inventory=self.inventory, extravars=extravars or {},
-                envvars=self._env(marker, control_dir), quiet=True, event_handler=handler, limit=limit,
+                envvars=envvars, quiet=True, event_handler=handler, limit=limit,
                 cancel_callback=cancel,
                 settings={"suppress_env_files": True, "job_timeout": int(timeout) if timeout else 0},
             )
@@ -191,7 +195,8 @@ def locate(actions: Actions, ident: str, hosts: list[str], remove: tuple[str, li
     return found
 
 
-def sweep(actions: Actions, hosts: list[str], timeout: float, on_notice: Callable[[str, dict], None]) -> tuple[int, float]:
+def sweep(actions: Actions, hosts: list[str], timeout: float, on_notice: Callable[[str, dict], None],
+          forks: int = 20) -> tuple[int, float]:
     """Run ``spot.migration.probe`` on ``hosts``; ``on_notice(host, result)`` for each host's result
     (blind ones included). Returns (rc, seconds)."""
     start = time.monotonic()
@@ -206,6 +211,6 @@ def sweep(actions: Actions, hosts: list[str], timeout: float, on_notice: Callabl
 
     ident = f"sweep-{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns() % 10**6}"
     rc, private = actions.run(ident, "spot.migration.probe", {"probe_hosts": ",".join(hosts), "probe_timeout": timeout},
-                              on_event=on_event)
+                              on_event=on_event, forks=forks)
     shutil.rmtree(private, ignore_errors=True)  # a sweep every 15 s would fill the disk; its results are in the ledger
     return rc, time.monotonic() - start

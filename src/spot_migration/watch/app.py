@@ -296,7 +296,8 @@ class Watcher:
                 notice = {k: v for k, v in res.items() if k not in ("changed", "invocation", "notices", "elapsed")}
                 self.on_notice(host, notice, "sweep", _epoch(res.get("checked_at")))
 
-        rc, seconds = actions_mod.sweep(self.actions, hosts, self.config.sweep.timeout, on_result)
+        rc, seconds = actions_mod.sweep(self.actions, hosts, self.config.sweep.timeout, on_result,
+                                        forks=self.config.sweep.forks)
         self.metrics.sweeps.labels("ok" if rc == 0 else "failed").inc()
         self.last_sweep = {"hosts": hosts, "seconds": round(seconds, 2), "rc": rc, "at": time.time()}
         return self.last_sweep

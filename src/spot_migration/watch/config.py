@@ -30,6 +30,7 @@ class SweepConfig:
     hosts: str = "silent"          # silent: nodes whose agent is quiet or missing; all; none
     group: str = "spot"
     timeout: float = 5.0
+    forks: int = 20                 # hosts probed in parallel
 
 
 @dataclass
