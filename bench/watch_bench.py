@@ -69,6 +69,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def make_secret(path: Path) -> tuple[str, Path]:
+    secret = secrets.token_hex(32)
+    path.write_text(secret)
+    path.chmod(0o600)
+    return secret, path
+
+
 def play(fleet, play_dict: dict) -> None:
     path = Path(fleet.dir) / f"bench-{time.monotonic_ns()}.json"
     path.write_text(json.dumps([play_dict]))
@@ -183,10 +190,7 @@ def probe_durations(fleet, hosts: list[str], runs: int = 5) -> list[float]:
 def detection(workdir: Path, count: int) -> dict:
     fleet = fleet_mod.up(workdir / "fleet-detect", nodes=4, base_address="127.0.60.10", image=False, log=lambda *_: None)
     try:
-        secret = secrets.token_hex(32)
-        secret_file = workdir / "secret"
-        secret_file.write_text(secret)
-        secret_file.chmod(0o600)
+        secret, secret_file = make_secret(workdir / "secret")
         port = free_port()
         spot = [n.name for n in fleet.nodes if not n.standby]
         kind_of = {n.name: {"aws": "spot_interruption", "gcp": "preempt", "azure": "terminate"}[n.cloud]
@@ -221,10 +225,7 @@ def evictions(workdir: Path) -> dict:
     fleet = fleet_mod.up(workdir / "fleet-eight", nodes=12, standby=4, base_address="127.0.61.10", image=False,
                          log=lambda *_: None)
     try:
-        secret = secrets.token_hex(32)
-        secret_file = workdir / "secret8"
-        secret_file.write_text(secret)
-        secret_file.chmod(0o600)
+        secret, secret_file = make_secret(workdir / "secret8")
         port = free_port()
         spot = [n.name for n in fleet.nodes if not n.standby]
         agents(fleet, port, secret)
