@@ -22,6 +22,7 @@ import os
 import platform
 import random
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -92,6 +93,8 @@ def agents(fleet, port: int, secret: str, state: str = "started", hosts: str = "
 
 
 def deploy(fleet, hosts: str, name: str, extra: list[str]) -> None:
+    """One workload per host, named NAME-HOST (job names are unique across a fleet)."""
+    name = name + "-{{ inventory_hostname }}"
     ck = "{{ spot_checkpoint_root }}/" + name
     play(fleet, {"hosts": hosts, "gather_facts": False, "tasks": [
         {"spot.migration.workload": {"name": name, "runtime": "process", "gpus": 1,
@@ -145,14 +148,15 @@ def agent_entry(fleet, node: str, notice_id: str) -> dict | None:
 
 
 def detection_run(fleet, watcher: Watcher, nodes: list[str], count: int, per_round: int, timeout: float,
-                  kind_of: dict[str, str]) -> dict:
-    """Inject ``count`` notices, ``per_round`` nodes at a time; per notice: visible -> signalled, -> watcher."""
+                  kind_of: dict[str, str], phase: float) -> dict:
+    """Inject ``count`` notices, ``per_round`` nodes at a time, each round after a random wait of up to ``phase``
+    seconds (the polling or sweep period, so every phase is sampled); per notice: visible -> signalled, -> watcher."""
     signalled, received = [], []
     rng = random.Random(7)
     done = 0
     while done < count:
         batch = nodes[: min(per_round, count - done)]
-        time.sleep(rng.uniform(0.0, 1.0))  # sample the agents' polling phase
+        time.sleep(rng.uniform(0.0, phase))
         created = {n: fleet_mod.inject(fleet.dir, n, kind_of[n])["created"] for n in batch}  # the simulator's clock
         end = time.time() + timeout
         pending = dict(created)
@@ -200,7 +204,7 @@ def detection(workdir: Path, count: int) -> dict:
         print("agents: one notice at a time on 3 spot nodes (AWS, GCP, Azure)", flush=True)
         watcher = Watcher(fleet, workdir, port, secret_file, migrate={"enabled": False}, sweep={"hosts": "none"})
         try:
-            with_agents = detection_run(fleet, watcher, spot, count, 1, 20, kind_of)
+            with_agents = detection_run(fleet, watcher, spot, count, 1, 20, kind_of, phase=1.0)
         finally:
             watcher.stop()
         agents(fleet, port, secret, state="stopped")
@@ -208,7 +212,7 @@ def detection(workdir: Path, count: int) -> dict:
         watcher = Watcher(fleet, workdir, port, secret_file, migrate={"enabled": False},
                           sweep={"hosts": "all", "interval": 15})
         try:
-            sweep_only = detection_run(fleet, watcher, spot, max(count // 3, 9), len(spot), 60, kind_of)
+            sweep_only = detection_run(fleet, watcher, spot, max(count // 3, 9), len(spot), 60, kind_of, phase=15.0)
         finally:
             watcher.stop()
         durations = probe_durations(fleet, spot)
@@ -250,6 +254,7 @@ def evictions(workdir: Path) -> dict:
                     time.sleep(0.5)
                 each = [r["finished_at"] - r["notice_at"] for r in rows if r["state"] == "running"]
                 results[label] = {"migrations": len(rows), "running": len(each), "notice_to_running": summary(each),
+                                  "errors": [r["error"] for r in rows if r["error"]],
                                   "all_running_after_s": round(max(r["finished_at"] for r in rows) - start, 2)
                                   if rows and all(r["finished_at"] for r in rows) else None}
                 print(f"  {label}: {results[label]}", flush=True)
@@ -258,7 +263,8 @@ def evictions(workdir: Path) -> dict:
             for node in nodes:
                 fleet_mod.inject(fleet.dir, node, "clear")
             play(fleet, {"hosts": "all", "gather_facts": False, "tasks": [{"spot.migration.workload": {
-                "name": name, "runtime": "process", "state": "absent", "workload_root": "{{ spot_workload_root }}"}}]})
+                "name": f"{name}-{node}", "runtime": "process", "state": "absent",
+                "workload_root": "{{ spot_workload_root }}"}, "loop": nodes, "loop_control": {"loop_var": "node"}}]})
         results["ratio_eight_vs_one"] = (round(results["eight"]["all_running_after_s"] / results["one"]["all_running_after_s"], 2)
                                          if results["eight"]["all_running_after_s"] and results["one"]["all_running_after_s"]
                                          else None)
@@ -292,32 +298,42 @@ def sweeps(workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--notices", type=int, default=50)
+    parser.add_argument("--skip-detection", action="store_true")
     parser.add_argument("--skip-eight", action="store_true")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (watcher logs, ledgers)")
     args = parser.parse_args()
     report = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d"),
               "python": platform.python_version()}
-    with tempfile.TemporaryDirectory(prefix="spot-bench-watch-") as tmp:
-        workdir = Path(tmp)
-        print("== detection", flush=True)
-        report["detection"] = detection(workdir, args.notices)
+    workdir = Path(tempfile.mkdtemp(prefix="spot-bench-watch-"))
+    try:
+        if not args.skip_detection:
+            print("== detection", flush=True)
+            report["detection"] = detection(workdir, args.notices)
         if not args.skip_eight:
             print("== one eviction vs eight at once", flush=True)
             report["evictions"] = evictions(workdir)
         if not args.skip_sweep:
             print("== probe sweep time", flush=True)
             report["sweep"] = sweeps(workdir)
+    finally:
+        if args.keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     (out / "watch.json").write_text(json.dumps(report, indent=2))
-    d = report["detection"]
     print(f"\nmachine: {report['machine']}, {report['date']}")
-    print(f"{'notice visible ->':<34} {'p50':>8} {'p95':>8} {'n':>4}")
-    rows = [("workload signalled (agent)", d["agents"]["signalled"]), ("watcher has it (agent push)", d["agents"]["watcher"]),
-            ("watcher has it (sweep only, 15 s)", d["sweep_only"]["watcher"]),
-            ("watcher has it (cron 30 s, modelled)", d["cron_30s_modelled"]["watcher"])]
-    for label, s in rows:
-        print(f"{label:<34} {s['p50_s']:>7}s {s['p95_s']:>7}s {s['n']:>4}")
+    if "detection" in report:
+        d = report["detection"]
+        print(f"{'notice visible ->':<37} {'p50':>8} {'p95':>8} {'n':>4}")
+        rows = [("workload signalled (agent)", d["agents"]["signalled"]),
+                ("watcher has it (agent push)", d["agents"]["watcher"]),
+                ("watcher has it (sweep only, 15 s)", d["sweep_only"]["watcher"]),
+                ("watcher has it (cron 30 s, modelled)", d["cron_30s_modelled"]["watcher"])]
+        for label, s in rows:
+            print(f"{label:<37} {s['p50_s']:>7}s {s['p95_s']:>7}s {s['n']:>4}")
     if "evictions" in report:
         e = report["evictions"]
         print(f"one eviction: running after {e['one']['all_running_after_s']} s; eight at once: all running after "

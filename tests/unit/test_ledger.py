@@ -131,6 +131,15 @@ def test_claims_race_one_winner(path):
     assert sum(1 for owner, fence in results if fence) == 1
 
 
+def test_evicting_nodes_are_the_recent_evicting_notices(path):
+    clock = Clock()
+    ledger = Ledger(path, clock=clock)
+    ledger.record_notice("node1", NOTICE, "push", clock.now - 700)
+    ledger.record_notice("node2", dict(NOTICE, notice_id="aws-2"), "push", clock.now - 10)
+    ledger.record_notice("node3", dict(NOTICE, notice_id="aws-3", kind="rebalance", evicting=False), "push", clock.now)
+    assert ledger.evicting_nodes() == ["node2"]
+
+
 def test_nonces_and_alerts_survive_a_restart(path):
     clock = Clock()
     ledger = Ledger(path, clock=clock)

@@ -191,7 +191,9 @@ def locate(actions: Actions, ident: str, hosts: list[str], remove: tuple[str, li
             found[data["host"]] = {w["name"]: bool(w["running"]) for w in data["res"].get("workloads", [])}
 
     plays = workload_plays(sorted(set(hosts)), remove[1] if remove else [], remove[0] if remove else None)
-    actions.run(ident, plays, on_event=on_event, marker=marker)
+    rc, private = actions.run(ident, plays, on_event=on_event, marker=marker)
+    if rc == 0:
+        shutil.rmtree(private, ignore_errors=True)  # kept only when it failed, to be looked at
     return found
 
 

@@ -220,6 +220,9 @@ class Watcher:
             "spot_reservation_file": str(Path(self.config.state_dir) / "reservations.json"),
             "notice_at": _iso(m["notice_at"]), "detected_at": _iso(m["detected_at"]),
         })
+        doomed = [n for n in self.ledger.evicting_nodes() if n != m["source"]]
+        if doomed:
+            extravars["exclude_hosts"] = doomed
         signalled_at = self.ledger.signalled_at(m["notice_id"])
         if signalled_at:
             extravars["signalled_at"] = signalled_at
@@ -246,7 +249,8 @@ class Watcher:
         events = actions_mod.MigrationEvents(lambda state, **kw: self._advance(migration_id, fence, state, **kw))
         rc, private = self.actions.run(f"{migration_id}-{fence}", "spot.migration.migrate", extravars, on_event=events,
                                        marker=migration_id, timeout=self.config.migrate.timeout,
-                                       cancel=lambda: migration_id in self.fenced_out)
+                                       cancel=lambda: migration_id in self.fenced_out,
+                                       forks=self.config.migrate.forks)
         if migration_id in self.fenced_out:
             raise Fenced(f"fence {fence} superseded during the run")
         if rc == 0:

@@ -38,6 +38,7 @@ class MigrateConfig:
     enabled: bool = True            # false: record and alert, never migrate (observe-only roll-out)
     transfer: str = "rsync"
     max_concurrent: int = 4
+    forks: int = 20                 # hosts one migration's plays reach in parallel (candidate targets)
     extra_vars: dict[str, Any] = field(default_factory=dict)
     timeout: float = 1800.0
 

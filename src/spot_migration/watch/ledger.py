@@ -127,6 +127,12 @@ class Ledger:
                         json.dumps(notice, sort_keys=True)))
             return True, dict(db.execute("SELECT * FROM notices WHERE notice_id = ?", (notice_id,)).fetchone())
 
+    def evicting_nodes(self, within: float = 600.0) -> list[str]:
+        """Nodes with an evicting notice in the last ``within`` seconds: going away, never targets."""
+        rows = self._db().execute("SELECT DISTINCT node FROM notices WHERE evicting = 1 AND detected_at >= ?",
+                                  (self.clock() - within,))
+        return sorted(r["node"] for r in rows.fetchall())
+
     def signalled_at(self, notice_id: str | None) -> float | None:
         """When the node's agent asked the workloads to checkpoint for this notice (None: it did not say)."""
         row = self._db().execute("SELECT signalled_at FROM notices WHERE notice_id = ?", (notice_id,)).fetchone()
