@@ -263,7 +263,7 @@ def evictions(workdir: Path) -> dict:
             for node in nodes:
                 fleet_mod.inject(fleet.dir, node, "clear")
             play(fleet, {"hosts": "all", "gather_facts": False, "tasks": [{"spot.migration.workload": {
-                "name": f"{name}-{node}", "runtime": "process", "state": "absent",
+                "name": name + "-{{ node }}", "runtime": "process", "state": "absent",
                 "workload_root": "{{ spot_workload_root }}"}, "loop": nodes, "loop_control": {"loop_var": "node"}}]})
         results["ratio_eight_vs_one"] = (round(results["eight"]["all_running_after_s"] / results["one"]["all_running_after_s"], 2)
                                          if results["eight"]["all_running_after_s"] and results["one"]["all_running_after_s"]
