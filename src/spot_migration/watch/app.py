@@ -244,6 +244,9 @@ class Watcher:
                 return
             extravars.update({"workloads": pending, "include_stopped": True,
                               "pinned_targets": {w: t for w, t in m["targets"].items() if w in pending}})
+            if done:
+                actions_mod.locate(self.actions, f"{migration_id}-{fence}-cleanup", [m["source"]],
+                                   remove=(m["source"], done), marker=migration_id)
         elif resumed and m["workloads"]:
             extravars.update({"workloads": m["workloads"], "include_stopped": True})
         events = actions_mod.MigrationEvents(lambda state, **kw: self._advance(migration_id, fence, state, **kw))
