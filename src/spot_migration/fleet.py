@@ -372,6 +372,8 @@ def write_inventory(fleet: Fleet) -> Path:
         "spot_fleet_id": fleet.fleet_id,
         "spot_trainer": fleet.trainer,
         "spot_trainer_image": fleet.image or None,
+        # The nodes share this machine: the eviction agent must never install a systemd unit on it.
+        "eviction_agent_service_manager": "background",
     }
     groups: dict[str, dict[str, Any]] = {"spot": {"hosts": {}}, "standby": {"hosts": {}}}
     for node in fleet.nodes:
