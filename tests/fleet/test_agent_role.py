@@ -3,10 +3,11 @@ role's check mode and removal leave nothing running."""
 
 from __future__ import annotations
 
-import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,16 @@ def small_fleet(tmp_path_factory):
 
 
 def test_molecule_scenario(small_fleet, ansible_env, tmp_path):
+    control_dir = tempfile.mkdtemp(prefix="mol-cp-")  # SSH control sockets need a short path
     env = dict(ansible_env, SPOT_FLEET_INVENTORY=str(small_fleet.inventory_path), SPOT_AGENT_SECRET=secrets.token_hex(32),
-               MOLECULE_EPHEMERAL_DIRECTORY=str(tmp_path / "molecule"), HOME=str(tmp_path))
-    result = subprocess.run([str(Path(sys.executable).parent / "molecule"), "test", "--scenario-name", "default"],
-                            cwd=ROOT / "roles" / "eviction_agent", env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, timeout=600, check=False)
+               MOLECULE_EPHEMERAL_DIRECTORY=str(tmp_path / "molecule"), HOME=str(tmp_path),
+               ANSIBLE_SSH_CONTROL_PATH_DIR=control_dir)
+    try:
+        result = subprocess.run([str(Path(sys.executable).parent / "molecule"), "test", "--scenario-name", "default"],
+                                cwd=ROOT / "roles" / "eviction_agent", env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, timeout=600, check=False)
+    finally:
+        shutil.rmtree(control_dir, ignore_errors=True)
     assert result.returncode == 0, result.stdout[-8000:]
     for step in ("converge", "idempotence", "verify", "cleanup"):
         assert f"[default > {step}] Executed: Successful" in result.stdout, step
