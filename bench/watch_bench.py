@@ -152,15 +152,16 @@ def detection_run(fleet, watcher: Watcher, nodes: list[str], count: int, per_rou
     """Inject ``count`` notices, ``per_round`` nodes at a time, each round after a random wait of up to ``phase``
     seconds (the polling or sweep period, so every phase is sampled); per notice: visible -> signalled, -> watcher."""
     signalled, received, lost = [], [], []
+    by_kind: dict[str, list[float]] = {}
     rng = random.Random(7)
     done = 0
     last: dict[str, float] = {}
     while done < count:
-        batch = nodes[: min(per_round, count - done)]
-        time.sleep(rng.uniform(0.0, phase))
+        batch = [nodes[(done + i) % len(nodes)] for i in range(min(per_round, count - done))]  # clouds in turn
         # AWS gives the termination time to the second and the notice id rests on it: two notices for one
         # instance within a second would be one notice. Real instances get one; keep the samples apart.
         time.sleep(max([0.0] + [last.get(n, 0.0) + 1.2 - time.time() for n in batch]))
+        time.sleep(rng.uniform(0.0, phase))  # then a random phase, so every point of the poll period is sampled
         created = {n: fleet_mod.inject(fleet.dir, n, kind_of[n])["created"] for n in batch}  # the simulator's clock
         end = time.time() + timeout
         pending = dict(created)
@@ -172,6 +173,7 @@ def detection_run(fleet, watcher: Watcher, nodes: list[str], count: int, per_rou
                     entry = agent_entry(fleet, node, rows[0]["notice_id"])
                     if entry and entry.get("signalled_epoch"):
                         signalled.append(entry["signalled_epoch"] - at)
+                        by_kind.setdefault(rows[0]["provider"], []).append(entry["signalled_epoch"] - at)
                     del pending[node]
             time.sleep(0.02)
         lost += [{"node": n, "kind": kind_of[n], "created": at} for n, at in pending.items()]
@@ -184,7 +186,8 @@ def detection_run(fleet, watcher: Watcher, nodes: list[str], count: int, per_rou
                 fleet_mod.new_boot(fleet.dir, node)
         done += len(batch)
         print(f"  {done}/{count} notices", flush=True)
-    return {"signalled": summary(signalled), "watcher": summary(received), "lost": lost}
+    return {"signalled": summary(signalled), "watcher": summary(received), "lost": lost,
+            "by_cloud": {k: {"signalled": summary(v)} for k, v in sorted(by_kind.items())}}
 
 
 def probe_durations(fleet, hosts: list[str], runs: int = 5) -> list[float]:
