@@ -73,11 +73,18 @@ class Watcher:
         }))
         return path
 
-    def start(self, crash_at: str | None = None, **sweep) -> None:
+    def start(self, crash_at: str | None = None, secret_in_env: bool = False, **sweep) -> None:
         assert self.proc is None or self.proc.poll() is not None, "a watcher is already running"
-        cmd = [CLI, "watch", "--config", str(self.config(**sweep))] + (["--crash-at", crash_at] if crash_at else [])
+        config = self.config(**sweep)
+        env = dict(self.env)
+        if secret_in_env:
+            data = yaml.safe_load(config.read_text())
+            del data["secret_file"]
+            config.write_text(yaml.safe_dump(data))
+            env["SPOT_MIGRATION_SECRET"] = self.secret_file.read_text().strip()
+        cmd = [CLI, "watch", "--config", str(config)] + (["--crash-at", crash_at] if crash_at else [])
         with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: self.healthy() or self.proc.poll() is not None, 30, "the watcher to answer /healthz")
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
 
@@ -400,7 +407,7 @@ def test_silent_agent_the_sweep_finds_the_notice(wfleet, watcher, wmig):
     for pid, _ticks in pids:
         os.kill(pid, signal.SIGSTOP)  # the agent hangs: no heartbeats, no pushes
     try:
-        watcher.start(interval=2)
+        watcher.start(interval=2, secret_in_env=True)
         fleet_mod.inject(wfleet.dir, "node3", "terminate")
         migration = watcher.finished()
         assert migration["state"] == "running"
@@ -408,6 +415,8 @@ def test_silent_agent_the_sweep_finds_the_notice(wfleet, watcher, wmig):
         notice = watcher.notices()[0]
         assert notice["first_via"] == "sweep" and notice["node"] == "node3"
         assert watcher.node("node3")["last_heartbeat_at"] is None and watcher.node("node3")["last_probe_at"]
+        # The secret came from the environment: it is not in the environments ansible-runner records.
+        _assert_no_secrets(wfleet, watcher)
     finally:
         for pid, _ticks in pids:
             os.kill(pid, signal.SIGCONT)

@@ -56,6 +56,9 @@ class Watcher:
         self.crash_at = crash_at
         self.signing = module_utils("_signing")
         self.secret = config.secret()
+        # Nothing the watcher starts needs the secret, and ansible-runner records its environment in every run's
+        # artifacts: take it out of this process's environment once read.
+        os.environ.pop(config.secret_env, None)
         Path(config.state_dir).mkdir(parents=True, exist_ok=True)
         os.chmod(config.state_dir, 0o700)
         self.fence_dir = Path(config.state_dir) / "fences"
