@@ -210,9 +210,35 @@ def image_build(cli: str, tag: str | None, force: bool) -> None:
 
 @main.command()
 @click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".demo"),
-              show_default=True, help="Where the demo keeps its inventory and logs.")
-def demo(workdir: Path) -> None:
-    """Three clouds, three nodes: probe, inject a notice into each, watch them appear."""
+              show_default=True, help="Where the demo keeps its fleet, logs, report.json and timeline.png.")
+@click.option("--clouds", default="aws,gcp,azure", show_default=True,
+              help="Spot nodes' clouds, in order; the first one is taken away.")
+@click.option("--checkpoint-size", "checkpoint_mb", type=click.FloatRange(0, 4096), default=64.0, show_default=True,
+              help="Size of the trainer's checkpoints in MiB.")
+@click.option("--notice", type=click.Choice(["spot_interruption", "preempt", "terminate"]), default=None,
+              help="The notice to inject (default: the cloud's own: AWS spot_interruption, GCP and Azure preempt).")
+@click.option("--keep", is_flag=True, help="Leave the fleet up to explore (spot-migration status, ansible).")
+@click.option("--quick", is_flag=True, help="The short form CI runs: less training before the notice.")
+def demo(workdir: Path, clouds: str, checkpoint_mb: float, notice: str | None, keep: bool, quick: bool) -> None:
+    """The whole story: a fleet, the agent, the watcher, a trainer; a notice; the trainer resumed elsewhere."""
+    from .fleet import CLOUDS, FleetError
+    from .story import DemoError, run_story
+
+    chosen = tuple(c.strip() for c in clouds.split(",") if c.strip())
+    bad = [c for c in chosen if c not in CLOUDS]
+    if not chosen or bad:
+        raise click.BadParameter(f"{clouds!r}: choose from {', '.join(CLOUDS)}", param_hint="--clouds")
+    try:
+        sys.exit(run_story(workdir, chosen, checkpoint_mb, notice, keep, quick))
+    except (DemoError, FleetError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command("probe-demo")
+@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".demo-probe"),
+              show_default=True, help="Where it keeps its inventory and logs.")
+def probe_demo(workdir: Path) -> None:
+    """Three clouds' metadata simulators: probe, inject a notice into each, watch them appear."""
     from .demo import run_demo
 
     sys.exit(run_demo(workdir))

@@ -34,8 +34,8 @@ PHASES = [
     ("detected", "the agent on the node sees it"),
     ("checkpoint signalled", "the agent asks the trainer to checkpoint"),
     ("watcher has it", "the signed push is in the ledger"),
-    ("checkpoint verified", "newest complete checkpoint sealed on the source"),
     ("target chosen", "GPUs reserved on a target"),
+    ("checkpoint verified", "trainer stopped, newest complete checkpoint sealed"),
     ("bytes moved", "checkpoint copied and verified on the target"),
     ("resumed", "trainer started on the target from it"),
     ("first new step", "trainer wrote a new checkpoint on the target"),
@@ -55,8 +55,8 @@ class Story:
     def mark(self, phase: str, when: float | None, detail: str = "") -> None:
         if when is not None and phase not in self.at:
             self.at[phase] = when
-            if detail:
-                self.detail[phase] = detail
+        if phase in self.at and detail and not self.detail.get(phase):
+            self.detail[phase] = detail
 
     def table(self, title: str = "") -> Table:
         table = Table(title=title or None, title_justify="left")
@@ -192,7 +192,7 @@ def run_story(workdir: Path, clouds: tuple[str, ...] = ("aws", "gcp", "azure"), 
         migration = None
         with Live(story.table(), console=console, refresh_per_second=8) as live:
             while time.time() < deadline:
-                _observe(story, fleet, source, watcher)
+                _observe(story, source, watcher)
                 rows = watcher.ledger.migrations()
                 migration = rows[0] if rows else None
                 live.update(story.table(f"{time.time() - story.t0:6.1f} s since the notice"))
@@ -215,8 +215,9 @@ def run_story(workdir: Path, clouds: tuple[str, ...] = ("aws", "gcp", "azure"), 
                              ("checkpoint", f"step {row['checkpoint_step']}, {row['bytes'] / 2**20:.1f} MiB, sha256 "
                                             f"verified on both ends"),
                              ("resumed from step", str(row["resumed_step"])),
-                             ("notice -> agent signal", f"{story.at['checkpoint signalled'] - story.t0:.2f} s"),
-                             ("notice -> running again", f"{story.at['resumed'] - story.t0:.2f} s"),
+                             ("notice -> agent signal", _after(story, "checkpoint signalled")),
+                             ("notice -> running again", _after(story, "resumed")),
+                             ("notice -> first new step", _after(story, "first new step")),
                              ("copies running", "1 (the source copy was stopped before the target copy started)")):
             summary.add_row(label, value)
         console.print(summary)
@@ -233,7 +234,11 @@ def run_story(workdir: Path, clouds: tuple[str, ...] = ("aws", "gcp", "azure"), 
             fleet_mod.down(fleet.dir, log=lambda *_: None)
 
 
-def _observe(story: Story, fleet, source, watcher: Watcher) -> None:
+def _after(story: Story, phase: str) -> str:
+    return f"{story.at[phase] - story.t0:.2f} s" if phase in story.at else "not seen"
+
+
+def _observe(story: Story, source, watcher: Watcher) -> None:
     """Fill in the phases from what the agent, the ledger and the trainer wrote."""
     state = Path(source.paths["state"]) / "eviction-agent" / "state" / "state.json"
     try:
@@ -252,22 +257,18 @@ def _observe(story: Story, fleet, source, watcher: Watcher) -> None:
         return
     m = rows[0]
     times = {t["state"]: t["at"] for t in watcher.ledger.transitions(m["id"])}
-    story.mark("checkpoint verified", times.get("checkpointed"),
-               f"step {next(iter(m['steps'].values()))}" if m["steps"] else "")
     story.mark("target chosen", times.get("target_reserved"), ", ".join(m["targets"].values()))
+    story.mark("checkpoint verified", times.get("transferring"),
+               f"step {next(iter(m['steps'].values()))}" if m["steps"] else "")
     story.mark("bytes moved", times.get("verified"))
-    story.mark("resumed", times.get("running"))
-    if m["state"] == "running" and m["targets"]:
-        target = fleet.node(next(iter(m["targets"].values())))
-        name = next(iter(m["targets"]))
-        try:
-            prog = json.loads((Path(target.paths["checkpoints"]) / name / "progress.json").read_text())
-        except (OSError, ValueError):
-            return
-        record = m.get("record") or {}
-        first = ((record.get("migrations") or [{}])[0]).get("first_new_checkpoint_at")
-        if prog.get("resumed_from") is not None and prog.get("step", 0) > prog["resumed_from"]:
-            story.mark("first new step", first or time.time(), f"step {prog['step']}")
+    story.mark("resumed", times.get("resuming"))
+    rows = (m.get("record") or {}).get("migrations") or []
+    if m["state"] == "running" and rows:
+        r = rows[0]
+        story.mark("bytes moved", _epoch(r.get("transferred_at")), f"{(r.get('bytes') or 0) / 2**20:.1f} MiB")
+        story.mark("resumed", _epoch(r.get("started_on_target_at")), f"on {r['target']} from step {r['checkpoint_step']}")
+        story.mark("first new step", r.get("first_new_checkpoint_at") or times.get("running"),
+                   f"step {r.get('first_new_step')}")
 
 
 def _report(story: Story, migration: dict, fleet, name: str) -> dict[str, Any]:
