@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -68,6 +69,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def local_fleet(directory: Path, **kwargs):
+    """A local fleet for one part of the benchmark, always taken down."""
+    fleet = fleet_mod.up(directory, image=False, log=lambda *_: None, **kwargs)
+    try:
+        yield fleet
+    finally:
+        fleet_mod.down(fleet.dir, log=lambda *_: None)
 
 
 def make_secret(path: Path) -> tuple[str, Path]:
@@ -201,8 +212,7 @@ def probe_durations(fleet, hosts: list[str], runs: int = 5) -> list[float]:
 
 
 def detection(workdir: Path, count: int) -> dict:
-    fleet = fleet_mod.up(workdir / "fleet-detect", nodes=4, base_address="127.0.60.10", image=False, log=lambda *_: None)
-    try:
+    with local_fleet(workdir / "fleet-detect", nodes=4, base_address="127.0.60.10") as fleet:
         secret, secret_file = make_secret(workdir / "secret")
         port = free_port()
         spot = [n.name for n in fleet.nodes if not n.standby]
@@ -229,15 +239,11 @@ def detection(workdir: Path, count: int) -> dict:
         cron = [rng.uniform(0, 30) + durations[i % len(durations)] for i in range(count)]
         return {"agents": with_agents, "sweep_only": sweep_only,
                 "cron_30s_modelled": {"watcher": summary(cron), "probe_playbook_s": [round(d, 2) for d in durations]}}
-    finally:
-        fleet_mod.down(fleet.dir, log=lambda *_: None)
 
 
 def evictions(workdir: Path) -> dict:
     """One eviction, then eight at once, with agents and the watcher migrating (max_concurrent 8)."""
-    fleet = fleet_mod.up(workdir / "fleet-eight", nodes=12, standby=4, base_address="127.0.61.10", image=False,
-                         log=lambda *_: None)
-    try:
+    with local_fleet(workdir / "fleet-eight", nodes=12, standby=4, base_address="127.0.61.10") as fleet:
         secret, secret_file = make_secret(workdir / "secret8")
         port = free_port()
         spot = [n.name for n in fleet.nodes if not n.standby]
@@ -278,14 +284,10 @@ def evictions(workdir: Path) -> dict:
                                          if results["eight"]["all_running_after_s"] and results["one"]["all_running_after_s"]
                                          else None)
         return results
-    finally:
-        fleet_mod.down(fleet.dir, log=lambda *_: None)
 
 
 def sweeps(workdir: Path) -> dict:
-    fleet = fleet_mod.up(workdir / "fleet-sweep", nodes=32, standby=0, base_address="127.0.62.10", image=False,
-                         log=lambda *_: None)
-    try:
+    with local_fleet(workdir / "fleet-sweep", nodes=32, standby=0, base_address="127.0.62.10") as fleet:
         acts = actions_mod.Actions(str(fleet.inventory_path), workdir / "sweep-runs", log=lambda *_: None)
         spot = [n.name for n in fleet.nodes]
         out = {}
@@ -300,8 +302,6 @@ def sweeps(workdir: Path) -> dict:
             out[str(size)] = {"runs_s": [round(t, 2) for t in times], "median_s": round(statistics.median(times), 2)}
             print(f"  sweep of {size} nodes: {out[str(size)]}", flush=True)
         return out
-    finally:
-        fleet_mod.down(fleet.dir, log=lambda *_: None)
 
 
 def main() -> None:
