@@ -11,21 +11,19 @@ import os
 import secrets
 import shutil
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ansible_runner
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from . import collections_path
 from . import fleet as fleet_mod
 from .watch import config as config_mod
-from .watch.app import Watcher
+from .watch.actions import Actions
+from .watch.app import Watcher, iso, to_epoch
 
 NOTICES = {"aws": "spot_interruption", "gcp": "preempt", "azure": "preempt"}
 # (phase, what it means) in the order a migration goes through them.
@@ -71,37 +69,17 @@ class Story:
         return table
 
 
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int((epoch % 1) * 1e3):03d}Z"
-
-
-def _epoch(text: str | None) -> float | None:
-    if not text:
-        return None
-    from datetime import datetime
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _play(fleet, workdir: Path, name: str, play: dict, extravars: dict | None = None) -> None:
-    private = workdir / "runs" / name
-    private.mkdir(parents=True, exist_ok=True)
-    (private / "project").mkdir(exist_ok=True)
-    (private / "project" / "play.yml").write_text(json.dumps([play]))
-    env = {"ANSIBLE_COLLECTIONS_PATH": str(collections_path()), "ANSIBLE_NOCOLOR": "1",
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
-    result = ansible_runner.run(private_data_dir=str(private), playbook="play.yml", inventory=str(fleet.inventory_path),
-                                extravars=extravars or {}, envvars=env, quiet=True,
-                                settings={"suppress_env_files": True})
-    if result.rc != 0:
-        raise DemoError(f"{name} failed (rc {result.rc}): {result.stdout.read()[-2000:]}")
+def _play(actions: Actions, name: str, play: dict, extravars: dict | None = None) -> None:
+    rc, private = actions.run(name, [play], extravars)
+    if rc != 0:
+        out = "".join(p.read_text() for p in private.glob("artifacts/*/stdout"))
+        raise DemoError(f"{name} failed (rc {rc}): {out[-2000:]}")
 
 
 def _timeline_png(story: Story, path: Path) -> None:
@@ -156,7 +134,8 @@ def run_story(workdir: Path, clouds: tuple[str, ...] = ("aws", "gcp", "azure"), 
         secret_file.chmod(0o600)
         port = _free_port()
         console.print("  installing the eviction agent on the spot nodes (role spot.migration.eviction_agent) …")
-        _play(fleet, workdir, "agents", {"hosts": "spot", "gather_facts": False, "roles": [{
+        actions = Actions(str(fleet.inventory_path), workdir / "runs", log=lambda *_: None)
+        _play(actions, "agents", {"hosts": "spot", "gather_facts": False, "roles": [{
             "role": "spot.migration.eviction_agent", "eviction_agent_watcher_url": f"http://127.0.0.1:{port}",
             "eviction_agent_secret": "{{ lookup('ansible.builtin.file', agent_secret_file) }}",
             "eviction_agent_runtimes": ["process"]}]}, {"agent_secret_file": str(secret_file)})
@@ -171,7 +150,7 @@ def run_story(workdir: Path, clouds: tuple[str, ...] = ("aws", "gcp", "azure"), 
         ckpt = os.path.join(source.paths["checkpoints"], name)
         progress = os.path.join(ckpt, "progress.json")
         console.print(f"  starting the reference trainer on {source.name} ({checkpoint_mb:g} MiB checkpoints) …")
-        _play(fleet, workdir, "deploy", {"hosts": source.name, "gather_facts": False, "tasks": [
+        _play(actions, "deploy", {"hosts": source.name, "gather_facts": False, "tasks": [
             {"name": "Start the trainer", "spot.migration.workload": {
                 "name": name, "runtime": "process", "gpus": 1, "checkpoint_dir": ckpt,
                 "command": ["{{ ansible_python_interpreter }}", "{{ spot_trainer }}"],
@@ -265,8 +244,8 @@ def _observe(story: Story, source, watcher: Watcher) -> None:
     rows = (m.get("record") or {}).get("migrations") or []
     if m["state"] == "running" and rows:
         r = rows[0]
-        story.mark("bytes moved", _epoch(r.get("transferred_at")), f"{(r.get('bytes') or 0) / 2**20:.1f} MiB")
-        story.mark("resumed", _epoch(r.get("started_on_target_at")), f"on {r['target']} from step {r['checkpoint_step']}")
+        story.mark("bytes moved", to_epoch(r.get("transferred_at")), f"{(r.get('bytes') or 0) / 2**20:.1f} MiB")
+        story.mark("resumed", to_epoch(r.get("started_on_target_at")), f"on {r['target']} from step {r['checkpoint_step']}")
         story.mark("first new step", r.get("first_new_checkpoint_at") or times.get("running"),
                    f"step {r.get('first_new_step')}")
 
@@ -279,8 +258,8 @@ def _report(story: Story, migration: dict, fleet, name: str) -> dict[str, Any]:
     return {"migrations": [{
         "workload": name, "source": migration["source"], "target": target,
         "provider": row.get("provider"),
-        "notice_at": _iso(story.t0), "detected_at": _iso(story.at.get("detected")),
-        "checkpoint_signalled_at": _iso(story.at.get("checkpoint signalled")),
+        "notice_at": iso(story.t0), "detected_at": iso(story.at.get("detected")),
+        "checkpoint_signalled_at": iso(story.at.get("checkpoint signalled")),
         "checkpoint_verified_at": row.get("checkpoint_verified_at"),
         "target_chosen_at": row.get("target_chosen_at"),
         "transferred_at": row.get("transferred_at"),

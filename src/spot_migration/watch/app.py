@@ -29,7 +29,8 @@ class Rejected(PermissionError):
         self.reason = reason
 
 
-def _epoch(value: Any) -> float | None:
+def to_epoch(value: Any) -> float | None:
+    """Unix time from an ISO 8601 string or a number (None when absent or unreadable)."""
     if value in (None, ""):
         return None
     try:
@@ -105,8 +106,8 @@ class Watcher:
         if not isinstance(notice, dict) or not notice.get("notice_id"):
             raise LookupError("notice event without a notice_id")
         self.node_seen(node, "agent", False, None, notice.get("provider"), None)
-        return self.on_notice(node, notice, "push", _epoch(event.get("detected_epoch") or event.get("detected_at")),
-                              _epoch(event.get("signalled_epoch") or event.get("signalled_at")))
+        return self.on_notice(node, notice, "push", to_epoch(event.get("detected_epoch") or event.get("detected_at")),
+                              to_epoch(event.get("signalled_epoch") or event.get("signalled_at")))
 
     def node_seen(self, node: str, via: str, blind: bool, error: str | None, provider: str | None,
                   agent_version: str | None) -> None:
@@ -221,7 +222,7 @@ class Watcher:
             "fence_file": str(fence_file), "transfer": self.config.migrate.transfer,
             "spot_record_dir": str(self.record_dir),
             "spot_reservation_file": str(Path(self.config.state_dir) / "reservations.json"),
-            "notice_at": _iso(m["notice_at"]), "detected_at": _iso(m["detected_at"]),
+            "notice_at": iso(m["notice_at"]), "detected_at": iso(m["detected_at"]),
         })
         doomed = [n for n in self.ledger.evicting_nodes() if n != m["source"]]
         if doomed:
@@ -304,7 +305,7 @@ class Watcher:
             self.node_seen(host, "sweep", blind, res.get("error"), res.get("provider"), None)
             if not blind and res.get("kind") not in (None, "none") and res.get("notice_id"):
                 notice = {k: v for k, v in res.items() if k not in ("changed", "invocation", "notices", "elapsed")}
-                self.on_notice(host, notice, "sweep", _epoch(res.get("checked_at")))
+                self.on_notice(host, notice, "sweep", to_epoch(res.get("checked_at")))
 
         rc, seconds = actions_mod.sweep(self.actions, hosts, self.config.sweep.timeout, on_result,
                                         forks=self.config.sweep.forks)
@@ -353,7 +354,8 @@ class Watcher:
         self.ledger.close()
 
 
-def _iso(epoch: float | None) -> str | None:
+def iso(epoch: float | None) -> str | None:
+    """ISO 8601 UTC with microseconds (None for None)."""
     if epoch is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int((epoch % 1) * 1e6):06d}Z"
