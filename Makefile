@@ -31,7 +31,7 @@ changelog: setup
 	$(BIN)/antsibull-changelog lint
 
 bench: setup
-	$(BIN)/python bench/checkpoint_bench.py
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf .venv .collections build .demo tests/output

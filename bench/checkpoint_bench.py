@@ -1,7 +1,7 @@
 """Benchmarks for issue [B]: manifest hashing throughput vs sha256sum, and checkpoint_info on 10,000 files.
 
-Run: .venv/bin/python bench/checkpoint_bench.py [--size-gib 2] [--dir DIR]
-Prints a table and writes bench/out/checkpoint_bench.json. Not a test: it asserts nothing.
+Run: .venv/bin/python bench/checkpoint_bench.py [--size-gib 2] [--dir DIR] [--out DIR]
+Prints a table and writes OUT/checkpoint_bench.json (default bench/out). Not a test: it asserts nothing.
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-gib", type=float, default=2.0)
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="where checkpoint_bench.json goes")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="spot-bench-", dir=args.dir))
     try:
@@ -115,7 +116,7 @@ def main() -> None:
     report = {"machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} "
                          f"{platform.python_version()}", "date": time.strftime("%Y-%m-%d"),
               "manifest_hashing": hashing, "checkpoint_info": info}
-    out = ROOT / "bench" / "out"
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoint_bench.json").write_text(json.dumps(report, indent=2))
     h = hashing

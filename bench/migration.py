@@ -1,8 +1,8 @@
 """Benchmark for issue [D]: one migration on the local fleet, per step, against a raw rsync of the same bytes
 and against the hand-written runbook way of doing it.
 
-Run: .venv/bin/python bench/migration.py [--sizes 10,1024] [--skip-runbook]
-Prints a table and writes bench/out/migration.json. Not a test: it asserts nothing.
+Run: .venv/bin/python bench/migration.py [--sizes 10,1024] [--skip-runbook] [--out DIR]
+Prints a table and writes DIR/migration.json (default bench/out). Not a test: it asserts nothing.
 
 * ours: notice injected on node1 (AWS dialect) -> ansible-playbook spot.migration.migrate -> the trainer
   running on standby1 from the verified checkpoint; the steps come from the migration record.
@@ -94,6 +94,7 @@ def run_ours(fleet, size_mb: int, work: Path) -> dict:
     play(fleet, [{"spot.migration.workload": {"name": name, "state": "absent",
                                               "workload_root": "{{ spot_workload_root }}"}}], hosts="standby1")
     return {"bytes": row["bytes"], "steps_s": {k: round(v, 2) for k, v in steps.items()},
+            "notice_to_verified_on_target_s": round(ts(row["verified_on_target_at"]) - notice, 2),
             "notice_to_running_s": round(ts(row["started_on_target_at"]) - notice, 2),
             "notice_to_resumed_s": round(ts(row["resumed_at"]) - notice, 2),
             "playbook_s": round(done - notice, 2), "checkpoint_step": row["checkpoint_step"],
@@ -118,7 +119,7 @@ def raw_rsync(fleet, size_mb: int) -> float:
     return took
 
 
-def run_runbook(fleet, size_mb: int) -> dict:
+def run_runbook(fleet, size_mb: int, cron_period: float = 30.0, settle: int = 10) -> dict:
     """The hand-written way: poll every 30 s, then ssh commands one after another."""
     name = f"runbook-{size_mb}"
     ck = deploy(fleet, name, size_mb)
@@ -127,13 +128,12 @@ def run_runbook(fleet, size_mb: int) -> dict:
     ssh_t = ["ssh", "-F", node1.paths["ssh_config"], "standby1"]
     pid = json.loads((Path(node1.paths["workloads"]) / name / "workload.pid").read_text())["pid"]
     # The notice lands at a random point of the cron cycle: on average half a period before the next check.
-    cron_period = 30.0
     notice = time.time()
     fleet_mod.inject(fleet.dir, "node1", "spot_interruption")
     time.sleep(cron_period / 2)
     detected = time.time()
     subprocess.run(ssh1 + ["kill", "-USR1", str(pid)], check=True)
-    subprocess.run(ssh1 + ["sleep", "10"], check=True)
+    subprocess.run(ssh1 + ["sleep", str(settle)], check=True)
     newest = subprocess.run(ssh1 + [f"ls -t {ck}/*.safetensors | head -1"], check=True, capture_output=True,
                             text=True).stdout.strip()
     moved = time.time()
@@ -154,7 +154,7 @@ def run_runbook(fleet, size_mb: int) -> dict:
     fleet_mod._stop_pid(int((Path(dest_dir) / "pid").read_text()))
     play(fleet, [{"spot.migration.workload": {"name": name, "state": "absent",
                                               "workload_root": "{{ spot_workload_root }}"}}])
-    return {"notice_to_running_s": round(running - notice, 2),
+    return {"notice_to_running_s": round(running - notice, 2), "cron_period_s": cron_period, "settle_s": settle,
             "steps_s": {"cron wait": round(detected - notice, 2), "signal+sleep+ls": round(moved - detected, 2),
                         "rsync -avz": round(copied - moved, 2), "resume": round(running - copied, 2)}}
 
@@ -163,9 +163,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="10,1024", help="checkpoint sizes in MiB")
     parser.add_argument("--skip-runbook", action="store_true")
+    parser.add_argument("--cron-period", type=float, default=30.0, help="the runbook's polling period (s)")
+    parser.add_argument("--runbook-settle", type=int, default=10, help="the runbook's sleep after the signal (s)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="where migration.json goes")
+    parser.add_argument("--net", type=int, default=60, help="third octet of the fleet's loopback addresses")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="spot-bench-mig-"))
-    fleet = fleet_mod.up(work / "fleet", nodes=3, standby=1, base_address="127.0.60.10", log=lambda *_: None)
+    fleet = fleet_mod.up(work / "fleet", nodes=3, standby=1, base_address=f"127.0.{args.net}.10", log=lambda *_: None)
     report = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"), "sizes": {}}
     try:
         for size in (int(s) for s in args.sizes.split(",")):
@@ -174,14 +178,14 @@ def main() -> None:
             entry = {"ours": ours, "raw_rsync_s": round(raw, 2),
                      "transfer_vs_rsync": round(ours["steps_s"]["transfer"] / raw, 2) if raw else None}
             if not args.skip_runbook:
-                entry["runbook"] = run_runbook(fleet, size)
+                entry["runbook"] = run_runbook(fleet, size, args.cron_period, args.runbook_settle)
                 entry["speedup_vs_runbook"] = round(entry["runbook"]["notice_to_running_s"] / ours["notice_to_running_s"], 2)
             report["sizes"][f"{size} MiB"] = entry
             print(json.dumps({f"{size} MiB": entry}), flush=True)
     finally:
         fleet_mod.down(work / "fleet", log=lambda *_: None)
         shutil.rmtree(work, ignore_errors=True)
-    out = ROOT / "bench" / "out"
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "migration.json").write_text(json.dumps(report, indent=2))
     print(f"\nmachine: {report['machine']}, {report['date']}")

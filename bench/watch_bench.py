@@ -2,8 +2,8 @@
 sweep only, and with a cron-every-30-s baseline; 8 simultaneous evictions against one; probe sweep time for
 8, 16 and 32 nodes. All on local fleets (real sshd, real agents, real watcher, real ansible-runner).
 
-Run: .venv/bin/python bench/watch_bench.py [--notices 50] [--skip-eight] [--skip-sweep]
-Prints the figures and writes bench/out/watch.json. Not a test: it asserts nothing.
+Run: .venv/bin/python bench/watch_bench.py [--notices 50] [--skip-eight] [--skip-sweep] [--out DIR]
+Prints the figures and writes OUT/watch.json (default bench/out). Not a test: it asserts nothing.
 
 * agents: the eviction agent on each spot node (1 s polls; GCP hanging GET), the watcher with migrations off
   (observe-only), the sweep off. "visible" is the simulator's own time of the injection; after a GCP preemption
@@ -211,8 +211,8 @@ def probe_durations(fleet, hosts: list[str], runs: int = 5) -> list[float]:
     return durations
 
 
-def detection(workdir: Path, count: int) -> dict:
-    with local_fleet(workdir / "fleet-detect", nodes=4, base_address="127.0.60.10") as fleet:
+def detection(workdir: Path, count: int, net: int, sweep_count: int, sweep_interval: float) -> dict:
+    with local_fleet(workdir / "fleet-detect", nodes=4, base_address=f"127.0.{net}.10") as fleet:
         secret, secret_file = make_secret(workdir / "secret")
         port = free_port()
         spot = [n.name for n in fleet.nodes if not n.standby]
@@ -227,29 +227,32 @@ def detection(workdir: Path, count: int) -> dict:
         finally:
             watcher.stop()
         agents(fleet, port, secret, state="stopped")
-        print("sweep only (agents stopped, sweep of all spot nodes every 15 s)", flush=True)
+        print(f"sweep only (agents stopped, sweep of all spot nodes every {sweep_interval:g} s)", flush=True)
         watcher = Watcher(fleet, workdir, port, secret_file, migrate={"enabled": False},
-                          sweep={"hosts": "all", "interval": 15})
+                          sweep={"hosts": "all", "interval": sweep_interval})
         try:
-            sweep_only = detection_run(fleet, watcher, spot, max(count // 3, 9), len(spot), 60, kind_of, phase=15.0)
+            sweep_only = detection_run(fleet, watcher, spot, sweep_count, len(spot), 4 * sweep_interval + 30, kind_of,
+                                       phase=sweep_interval)
         finally:
             watcher.stop()
-        durations = probe_durations(fleet, spot)
+        durations = probe_durations(fleet, spot, runs=min(5, count))
         rng = random.Random(30)
         cron = [rng.uniform(0, 30) + durations[i % len(durations)] for i in range(count)]
-        return {"agents": with_agents, "sweep_only": sweep_only,
+        return {"agents": with_agents, "sweep_only": sweep_only, "sweep_interval_s": sweep_interval,
                 "cron_30s_modelled": {"watcher": summary(cron), "probe_playbook_s": [round(d, 2) for d in durations]}}
 
 
-def evictions(workdir: Path) -> dict:
-    """One eviction, then eight at once, with agents and the watcher migrating (max_concurrent 8)."""
-    with local_fleet(workdir / "fleet-eight", nodes=12, standby=4, base_address="127.0.61.10") as fleet:
+def evictions(workdir: Path, net: int, many: int = 8) -> dict:
+    """One eviction, then ``many`` (eight) at once, with agents and the watcher migrating (max_concurrent 8)."""
+    standby = max(1, many // 2)
+    with local_fleet(workdir / "fleet-eight", nodes=many + standby, standby=standby,
+                     base_address=f"127.0.{net + 1}.10") as fleet:
         secret, secret_file = make_secret(workdir / "secret8")
         port = free_port()
         spot = [n.name for n in fleet.nodes if not n.standby]
         agents(fleet, port, secret)
-        results = {}
-        for label, nodes in (("one", spot[:1]), ("eight", spot[:8])):
+        results: dict = {"at_once": many}
+        for label, nodes in (("one", spot[:1]), ("eight", spot[:many])):
             name = f"bench-{label}"
             deploy(fleet, ",".join(nodes), name, ["--every", "50"])
             watcher = Watcher(fleet, workdir, port, secret_file, migrate={"max_concurrent": 8},
@@ -286,12 +289,12 @@ def evictions(workdir: Path) -> dict:
         return results
 
 
-def sweeps(workdir: Path) -> dict:
-    with local_fleet(workdir / "fleet-sweep", nodes=32, standby=0, base_address="127.0.62.10") as fleet:
+def sweeps(workdir: Path, net: int, sizes: tuple[int, ...] = (8, 16, 32)) -> dict:
+    with local_fleet(workdir / "fleet-sweep", nodes=max(sizes), standby=0, base_address=f"127.0.{net + 2}.10") as fleet:
         acts = actions_mod.Actions(str(fleet.inventory_path), workdir / "sweep-runs", log=lambda *_: None)
         spot = [n.name for n in fleet.nodes]
         out = {}
-        for size in (8, 16, 32):
+        for size in sizes:
             times = []
             for _ in range(3):
                 results: dict[str, dict] = {}
@@ -311,6 +314,12 @@ def main() -> None:
     parser.add_argument("--skip-eight", action="store_true")
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (watcher logs, ledgers)")
+    parser.add_argument("--sweep-notices", type=int, default=None, help="notices for the sweep-only part (default notices/3, >= 9)")
+    parser.add_argument("--sweep-interval", type=float, default=15.0, help="the watcher's sweep interval in the sweep-only part")
+    parser.add_argument("--eight", type=int, default=8, help="how many evictions at once (compared with one)")
+    parser.add_argument("--sweep-sizes", default="8,16,32", help="fleet sizes for the probe sweep timing")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="where watch.json goes")
+    parser.add_argument("--net", type=int, default=60, help="third octet of the first fleet's loopback addresses (uses 3)")
     args = parser.parse_args()
     report = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d"),
               "python": platform.python_version()}
@@ -318,20 +327,21 @@ def main() -> None:
     try:
         if not args.skip_detection:
             print("== detection", flush=True)
-            report["detection"] = detection(workdir, args.notices)
+            report["detection"] = detection(workdir, args.notices, args.net,
+                                            args.sweep_notices or max(args.notices // 3, 9), args.sweep_interval)
         if not args.skip_eight:
             print("== one eviction vs eight at once", flush=True)
-            report["evictions"] = evictions(workdir)
+            report["evictions"] = evictions(workdir, args.net, args.eight)
         if not args.skip_sweep:
             print("== probe sweep time", flush=True)
-            report["sweep"] = sweeps(workdir)
+            report["sweep"] = sweeps(workdir, args.net, tuple(int(x) for x in args.sweep_sizes.split(",")))
     finally:
         if args.keep:
             print(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     (out / "watch.json").write_text(json.dumps(report, indent=2))
     print(f"\nmachine: {report['machine']}, {report['date']}")
     if "detection" in report:
@@ -339,13 +349,13 @@ def main() -> None:
         print(f"{'notice visible ->':<37} {'p50':>8} {'p95':>8} {'n':>4}")
         rows = [("workload signalled (agent)", d["agents"]["signalled"]),
                 ("watcher has it (agent push)", d["agents"]["watcher"]),
-                ("watcher has it (sweep only, 15 s)", d["sweep_only"]["watcher"]),
+                (f"watcher has it (sweep only, {d['sweep_interval_s']:g} s)", d["sweep_only"]["watcher"]),
                 ("watcher has it (cron 30 s, modelled)", d["cron_30s_modelled"]["watcher"])]
         for label, s in rows:
             print(f"{label:<37} {s['p50_s']:>7}s {s['p95_s']:>7}s {s['n']:>4}")
     if "evictions" in report:
         e = report["evictions"]
-        print(f"one eviction: running after {e['one']['all_running_after_s']} s; eight at once: all running after "
+        print(f"one eviction: running after {e['one']['all_running_after_s']} s; {e['at_once']} at once: all running after "
               f"{e['eight']['all_running_after_s']} s (x{e['ratio_eight_vs_one']}), per migration p50 "
               f"{e['eight']['notice_to_running']['p50_s']} s")
     if "sweep" in report:

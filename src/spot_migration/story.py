@@ -263,6 +263,7 @@ def _report(story: Story, migration: dict, fleet, name: str) -> dict[str, Any]:
         "checkpoint_verified_at": row.get("checkpoint_verified_at"),
         "target_chosen_at": row.get("target_chosen_at"),
         "transferred_at": row.get("transferred_at"),
+        "verified_on_target_at": row.get("verified_on_target_at"),
         "resumed_at": row.get("resumed_at"),
         "checkpoint_step": row.get("checkpoint_step"),
         "resumed_step": progress.get("resumed_from"),
