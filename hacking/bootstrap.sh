@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests and the local fleet use.
-DEB_PACKAGES=(git rsync openssh-server openssh-client podman runc busybox-static shellcheck)
+# openjdk-17-jre-headless: ansible-rulebook's rule engine (drools through jpy).
+DEB_PACKAGES=(git rsync openssh-server openssh-client podman runc busybox-static shellcheck openjdk-17-jre-headless)
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -42,6 +43,24 @@ fi
 # Make the working tree importable as the collection spot.migration.
 mkdir -p .collections/ansible_collections/spot
 ln -sfn ../../.. .collections/ansible_collections/spot/migration
+
+# awx.awx (for playbooks/controller_setup.yml): Galaxy is unreachable here, PyPI's `ansible` package carries it.
+# Only that collection is taken out of the wheel, next to ours.
+AWX_FROM_ANSIBLE=12.3.0
+if [ ! -f .collections/ansible_collections/awx/awx/MANIFEST.json ]; then
+  echo "bootstrap: awx.awx from PyPI's ansible==$AWX_FROM_ANSIBLE"
+  tmp=$(mktemp -d)
+  .venv/bin/python -m pip download -q --no-deps --only-binary=:all: "ansible==$AWX_FROM_ANSIBLE" -d "$tmp"
+  .venv/bin/python - "$tmp" <<'PY'
+import sys, zipfile, pathlib
+wheel = next(pathlib.Path(sys.argv[1]).glob("ansible-*.whl"))
+with zipfile.ZipFile(wheel) as zf:
+    members = [m for m in zf.namelist() if m.startswith("ansible_collections/awx/awx/")]
+    zf.extractall(".collections", members)
+print(f"bootstrap: {len(members)} files of awx.awx")
+PY
+  rm -rf "$tmp"
+fi
 
 # ansible-test --venv bootstraps pip with a script from a host this machine cannot reach:
 # put our local stand-in where ansible-test looks for its cached copy.

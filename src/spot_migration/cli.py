@@ -265,15 +265,20 @@ def _watch_config(config_path: Path | None, **overrides):
               help="YAML configuration (docs/watcher.md); command-line options override it.")
 @click.option("--listen", default=None, help="HOST:PORT for agent pushes, /healthz and /metrics [127.0.0.1:8787].")
 @click.option("--state-dir", default=None, help="Ledger, run directories and records [~/.local/state/spot-migration].")
+@click.option("--controller-url", default=None,
+              help="Run migrations as AWX / Automation Controller jobs (the migrate job template) at this URL; the "
+                   "token comes from controller.token_file or $SPOT_MIGRATION_CONTROLLER_TOKEN.")
+@click.option("--job-template", default=None, help="Name or id of the migrate job template [spot-migration migrate].")
 @click.option("--crash-at", default=None, hidden=True, help="Fault injection for tests: SIGKILL itself on entering STATE.")
 def watch_cmd(inventory: str | None, config_path: Path | None, listen: str | None, state_dir: str | None,
-              crash_at: str | None) -> None:
+              controller_url: str | None, job_template: str | None, crash_at: str | None) -> None:
     """Receive agent pushes, sweep silent nodes, run migrations, keep the ledger. The HMAC secret comes from
     secret_file in the config or $SPOT_MIGRATION_SECRET, never from the command line."""
     from .watch.app import Watcher
     from .watch.config import ConfigError
 
-    config = _watch_config(config_path, inventory=inventory, listen=listen, state_dir=state_dir)
+    controller = {k: v for k, v in (("url", controller_url), ("job_template", job_template)) if v is not None}
+    config = _watch_config(config_path, inventory=inventory, listen=listen, state_dir=state_dir, controller=controller)
     try:
         watcher = Watcher(config, crash_at=crash_at)
     except (ConfigError, ValueError, OSError) as exc:

@@ -30,7 +30,7 @@ def test_bench_smoke(tmp_path, ansible_env):
                              "--net", "70"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        output, _ = proc.communicate(timeout=540)
+        output = proc.communicate(timeout=540)[0]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

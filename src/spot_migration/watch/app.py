@@ -18,6 +18,7 @@ from .. import module_utils
 from . import actions as actions_mod
 from .alerts import Alerter
 from .config import WatchConfig
+from .controller import Controller, ControllerError, read_token
 from .ledger import ORDER, Fenced, Ledger, LedgerError
 from .metrics import Metrics
 from .server import PushServer
@@ -69,6 +70,15 @@ class Watcher:
         self.groups = inventory_groups(config.inventory)
         self.metrics = Metrics()
         self.actions = actions_mod.Actions(config.inventory, config.runs_dir, self.log)
+        self.controller: Controller | None = None
+        if config.controller.url:
+            c = config.controller
+            try:
+                token = read_token(c.token_file, c.token_env)
+            except ControllerError as exc:
+                raise ValueError(str(exc)) from None
+            self.controller = Controller(c.url, token, c.job_template, c.api_path, c.verify_ssl, c.timeout,
+                                         c.poll_interval, self.log)
         self.alerter = Alerter(config.alerts.webhooks, self.ledger.claim_alert, config.alerts.retries,
                                config.alerts.timeout, self.log,
                                lambda ok: self.metrics.alerts.labels("sent" if ok else "failed").inc())
@@ -216,6 +226,8 @@ class Watcher:
         if leftovers:
             self.log(f"migration {migration_id}: stopped {len(leftovers)} process(es) left by an earlier run")
         m = self.ledger.migration(migration_id)
+        if self.controller is not None and m["attempts"] > 1 and self._follow_earlier_job(migration_id, fence):
+            return
         extravars: dict[str, Any] = dict(self.config.migrate.extra_vars)
         extravars.update({
             "source": m["source"], "migration_id": migration_id, "migration_fence": str(fence),
@@ -254,6 +266,9 @@ class Watcher:
         elif resumed and m["workloads"]:
             extravars.update({"workloads": m["workloads"], "include_stopped": True})
         events = actions_mod.MigrationEvents(lambda state, **kw: self._advance(migration_id, fence, state, **kw))
+        if self.controller is not None:
+            self._run_on_controller(migration_id, fence, extravars, events)
+            return
         rc, private = self.actions.run(f"{migration_id}-{fence}", "spot.migration.migrate", extravars, on_event=events,
                                        marker=migration_id, timeout=self.config.migrate.timeout,
                                        cancel=lambda: migration_id in self.fenced_out,
@@ -265,6 +280,53 @@ class Watcher:
         else:
             why = "; ".join(events.failures[-3:]) or f"ansible-playbook rc {rc}"
             self._finish(migration_id, fence, "failed", error=why, private=private)
+
+    def _follow_earlier_job(self, migration_id: str, fence: int) -> bool:
+        """AWX mode after a restart: a job an earlier watcher launched may still be running; follow it rather than
+        launching a second one. True when the migration was dealt with."""
+        assert self.controller is not None
+        earlier = self.ledger.last_job(migration_id)
+        if earlier is None:
+            return False
+        try:
+            status = self.controller.status(earlier)
+        except ControllerError as exc:
+            self.log(f"migration {migration_id}: cannot ask about controller job {earlier}: {exc}")
+            return False
+        if status == "successful":
+            self._finish(migration_id, fence, "running")
+            return True
+        if status in ("failed", "error", "canceled"):
+            return False  # moved again from what the ledger knows, like a local run
+        self.log(f"migration {migration_id}: following controller job {earlier} ({status}), launched before the restart")
+        events = actions_mod.MigrationEvents(lambda state, **kw: self._advance(migration_id, fence, state, **kw))
+        self._run_on_controller(migration_id, fence, {}, events, job=earlier)
+        return True
+
+    def _run_on_controller(self, migration_id: str, fence: int, extravars: dict[str, Any],
+                           events: actions_mod.MigrationEvents, job: int | None = None) -> None:
+        """AWX mode: launch the migrate job template (or follow the job an earlier watcher launched) to its end."""
+        assert self.controller is not None
+        # Paths on this machine mean nothing inside the controller's execution environment.
+        for local in ("fence_file", "spot_record_dir", "spot_reservation_file"):
+            extravars.pop(local, None)
+        try:
+            if job is None:
+                job = self.controller.launch(extravars)
+                self.ledger.note_job(migration_id, fence, job)
+                self.log(f"migration {migration_id}: controller job {job} launched")
+            status = self.controller.follow(job, on_event=events, cancel=lambda: migration_id in self.fenced_out,
+                                            timeout=self.config.migrate.timeout)
+        except ControllerError as exc:
+            self._finish(migration_id, fence, "failed", error=f"controller: {exc}")
+            return
+        if migration_id in self.fenced_out:
+            raise Fenced(f"fence {fence} superseded during controller job {job}")
+        if status == "successful":
+            self._finish(migration_id, fence, "running")
+        else:
+            why = "; ".join(events.failures[-3:]) or f"controller job {job} {status}"
+            self._finish(migration_id, fence, "failed", error=why)
 
     def _finish(self, migration_id: str, fence: int, outcome: str, error: str | None = None,
                 private: Path | None = None) -> None:

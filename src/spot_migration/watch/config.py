@@ -51,6 +51,18 @@ class AlertConfig:
 
 
 @dataclass
+class ControllerConfig:
+    url: str = ""                   # set: migrations run as AWX / Automation Controller jobs instead of ansible-runner
+    job_template: str = "spot-migration migrate"   # name or id of the migrate job template
+    api_path: str = "auto"          # auto (asks GET /api/), /api/v2/ (AWX), /api/controller/v2/ (AAP 2.5+ gateway)
+    token_file: str = ""
+    token_env: str = "SPOT_MIGRATION_CONTROLLER_TOKEN"
+    verify_ssl: bool = True
+    poll_interval: float = 2.0
+    timeout: float = 30.0           # per API request
+
+
+@dataclass
 class WatchConfig:
     inventory: str = ""
     listen: str = "127.0.0.1:8787"
@@ -64,6 +76,7 @@ class WatchConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     migrate: MigrateConfig = field(default_factory=MigrateConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
 
     @property
     def ledger_path(self) -> Path:
@@ -117,7 +130,8 @@ def _build(cls, data: Any, where: str):
         raise ConfigError(f"unknown setting(s) in {where}: {', '.join(unknown)}; known: {', '.join(known)}")
     values = {}
     for name, value in data.items():
-        sub = {"sweep": SweepConfig, "migrate": MigrateConfig, "alerts": AlertConfig}.get(name)
+        sub = {"sweep": SweepConfig, "migrate": MigrateConfig, "alerts": AlertConfig,
+               "controller": ControllerConfig}.get(name)
         values[name] = _build(sub, value, f"{where}.{name}") if sub and cls is WatchConfig else value
     return cls(**values)
 
@@ -136,7 +150,10 @@ def load(path: Path | None = None, **overrides: Any) -> WatchConfig:
             raise ConfigError(f"config {path}: put the secret in secret_file or ${SECRET_ENV}, not in the config")
     config = _build(WatchConfig, data, str(path or "config"))
     for key, value in overrides.items():
-        if value is not None:
+        if key == "controller":
+            for name, sub in (value or {}).items():
+                setattr(config.controller, name, sub)
+        elif value is not None:
             setattr(config, key, value)
     _check(config)
     return config
@@ -152,6 +169,12 @@ def _check(config: WatchConfig) -> None:
          "rsync, relay or shared"),
         (float(config.max_skew) > 0, "max_skew", config.max_skew, "a positive number of seconds"),
         (isinstance(config.alerts.webhooks, list), "alerts.webhooks", config.alerts.webhooks, "a list of URLs"),
+        (not config.controller.url or config.controller.url.startswith(("http://", "https://")), "controller.url",
+         config.controller.url, "an http:// or https:// URL"),
+        (float(config.controller.poll_interval) > 0, "controller.poll_interval", config.controller.poll_interval,
+         "a positive number of seconds"),
+        (bool(str(config.controller.job_template).strip()), "controller.job_template", config.controller.job_template,
+         "a job template name or id"),
     ]
     for ok, name, value, expected in checks:
         if not ok:

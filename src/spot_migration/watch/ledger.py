@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     blind_since REAL, error TEXT, provider TEXT, via TEXT, agent_version TEXT);
 CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, sent_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, created_at REAL NOT NULL, payload TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS controller_jobs (
+    migration_id TEXT NOT NULL, fence INTEGER NOT NULL, job INTEGER NOT NULL, launched_at REAL NOT NULL);
 """
 
 
@@ -209,6 +211,18 @@ class Ledger:
             raise Fenced(f"migration {migration_id}: fence {fence} is stale (now {row['fence'] if row else '?'}, "
                          f"held by {row['owner'] if row else '?'})")
         return row
+
+    def note_job(self, migration_id: str, fence: int, job: int) -> None:
+        """Remember the controller job that runs this migration (AWX mode), under the caller's fence."""
+        with self._tx() as db:
+            self._check_fence(db, migration_id, fence)
+            db.execute("INSERT INTO controller_jobs VALUES (?,?,?,?)", (migration_id, fence, int(job), self.clock()))
+
+    def last_job(self, migration_id: str) -> int | None:
+        """The newest controller job launched for this migration, or None."""
+        row = self._db().execute("SELECT job FROM controller_jobs WHERE migration_id = ? ORDER BY launched_at DESC, rowid DESC "
+                              "LIMIT 1", (migration_id,)).fetchone()
+        return int(row[0]) if row else None
 
     def advance(self, migration_id: str, fence: int, state: str, detail: str | None = None, **fields: Any) -> bool:
         """Move forward to ``state`` (never back; ``failed`` from anywhere) and store ``fields``
