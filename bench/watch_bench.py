@@ -120,7 +120,7 @@ class Watcher:
         self.state = workdir / f"watch-{time.monotonic_ns()}"
         self.state.mkdir(parents=True)
         cfg = {"inventory": str(fleet.inventory_path), "listen": f"127.0.0.1:{port}", "state_dir": str(self.state),
-               "secret_file": str(secret_file), **config}
+               "secret_file": str(secret_file), "replication": {"enabled": False}, **config}
         (self.state / "watch.yml").write_text(yaml.safe_dump(cfg))
         self.log = open(self.state / "watch.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([str(BIN / "spot-migration"), "watch", "--config", str(self.state / "watch.yml")],

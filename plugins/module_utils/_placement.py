@@ -126,10 +126,12 @@ class ReservationBook:
 
 
 def reserve(path, owner, candidates, gpus=1, min_free_memory_mb=0, exclude=(), ttl=900, target=None,
-            check_mode=False, clock=time.time):
+            check_mode=False, clock=time.time, adopt=None):
     """Choose a target (or check the one given) and reserve its GPUs for ``owner``, atomically.
 
-    Re-running with the same owner returns the same reservation unchanged."""
+    Re-running with the same owner returns the same reservation unchanged. ``adopt`` names another owner whose
+    reservation (a pre-reserved next target) is taken over when its host still qualifies; otherwise it is left as it
+    is and a target is chosen as usual."""
     with ReservationBook(path, clock) as book:
         entries = book.load()
         mine = entries.get(owner)
@@ -138,6 +140,23 @@ def reserve(path, owner, candidates, gpus=1, min_free_memory_mb=0, exclude=(), t
         if mine and target in (None, mine['host']):
             return {'changed': False, 'target': mine['host'], 'gpus': mine['gpus'], 'ranked': ranked,
                     'rejected': rejected, 'expires': mine['expires']}
+        held = entries.get(adopt) if adopt else None
+        if held and target in (None, held['host']) and held['host'] not in exclude:
+            others = book.held(dict((k, v) for k, v in entries.items() if k != adopt), ignore_owner=owner)
+            fits = [r for r in rank_candidates(candidates, gpus, min_free_memory_mb, exclude, others)[0]
+                    if r['host'] == held['host']]
+            if fits:
+                usable = set(int(g) for g in next((c.get('free_gpus') or [] for c in candidates
+                                                   if c.get('host') == held['host']), []))
+                chosen = held['gpus'] if set(held['gpus']) <= usable and len(held['gpus']) == int(gpus) else fits[0]['gpus']
+                entry = {'host': held['host'], 'gpus': chosen, 'expires': clock() + ttl, 'created': clock(),
+                         'adopted_from': adopt}
+                if not check_mode:
+                    entries[owner] = entry
+                    del entries[adopt]
+                    book.save(entries)
+                return {'changed': True, 'target': held['host'], 'gpus': chosen, 'ranked': ranked,
+                        'rejected': rejected, 'expires': entry['expires'], 'adopted': adopt}
         if target is not None:
             ranked = [r for r in ranked if r['host'] == target]
             if not ranked:
@@ -156,6 +175,19 @@ def reserve(path, owner, candidates, gpus=1, min_free_memory_mb=0, exclude=(), t
             book.save(entries)
         return {'changed': True, 'target': best['host'], 'gpus': best['gpus'], 'ranked': ranked, 'rejected': rejected,
                 'expires': entry['expires']}
+
+
+def renew(path, owner, ttl=900, clock=time.time):
+    """Extend ``owner``'s reservation by ``ttl`` seconds from now. Returns the entry, or None when it has expired or
+    never existed (then it must be made again)."""
+    with ReservationBook(path, clock) as book:
+        entries = book.load()
+        entry = entries.get(owner)
+        if entry is None:
+            return None
+        entry['expires'] = clock() + ttl
+        book.save(entries)
+        return entry
 
 
 def release(path, owner, check_mode=False):

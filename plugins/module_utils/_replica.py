@@ -18,6 +18,7 @@ later, and the previous replicas stay as they were. Standard library only (the a
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import binascii
 import json
 import os
 import re
@@ -172,7 +173,7 @@ def hold(checkpoint_dir, hold_dir, after_step=-1, attempts=5):
         base = {'checkpoint': found['checkpoint'], 'step': found.get('step'), 'format': found.get('format'),
                 'mtime': found.get('mtime')}
         if found.get('step') is not None and int(found['step']) <= int(after_step):
-            return dict(base, held=None, manifest=None, bytes=None)
+            return dict(base, held=None, manifest=None, bytes=None, files=[], is_dir=None, incoming=None)
         if os.path.isdir(hold_dir):
             shutil.rmtree(hold_dir)
         os.makedirs(hold_dir, 0o700)
@@ -186,7 +187,11 @@ def hold(checkpoint_dir, hold_dir, after_step=-1, attempts=5):
             last_error = exc
             continue
         sealed = ck.seal(held, fmt=found.get('format'), step=found.get('step'))
-        return dict(base, held=held, manifest=sealed['manifest'], bytes=sealed['total_bytes'])
+        # What to send: a directory carries its manifest inside, a file has it beside.
+        files = [held] if os.path.isdir(held) else [held, sealed['manifest']]
+        incoming = '.incoming-%s-%s' % (found.get('step'), binascii.hexlify(os.urandom(4)).decode('ascii'))
+        return dict(base, held=held, manifest=sealed['manifest'], bytes=sealed['total_bytes'], files=files,
+                    is_dir=os.path.isdir(held), incoming=incoming)
     raise ReplicaError('the newest checkpoint under %s kept changing while it was held (%d attempts): %s'
                        % (checkpoint_dir, attempts, last_error))
 

@@ -552,3 +552,51 @@ def ensure_absent(driver, name, check_mode, stop_timeout=30.0):
     how = driver.stop(name, stop_timeout) if current['running'] else None
     driver.remove(name)
     return {'changed': True, 'workload': None, 'stopped_by': how}
+
+
+# ---------------------------------------------------------------------------- fences
+def fence_path(root, name):
+    """Marker saying this node's copy of ``name`` was fenced: it moved elsewhere while this node was lost."""
+    return os.path.join(root or default_root(), '.fenced', name)
+
+
+def read_fence(root, name):
+    try:
+        with open(fence_path(root, name)) as handle:
+            return json.load(handle)
+    except (IOError, OSError):
+        return None
+    except ValueError:
+        return {'fence_id': 'unreadable marker'}
+
+
+def ensure_fenced(driver, name, root, fence_id, check_mode, stop_timeout=30.0):
+    """Stop and remove this node's copy (it must never run again here) and leave the marker that makes ``started``
+    refuse it. Idempotent."""
+    removed = ensure_absent(driver, name, check_mode, stop_timeout)
+    marker = read_fence(root, name)
+    changed = removed['changed'] or marker is None or marker.get('fence_id') != fence_id
+    if changed and not check_mode:
+        path = fence_path(root, name)
+        if not os.path.isdir(os.path.dirname(path)):
+            os.makedirs(os.path.dirname(path), 0o700)
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as handle:
+            json.dump({'fence_id': fence_id, 'fenced_at': time.time()}, handle)
+        os.rename(tmp, path)
+    return {'changed': changed, 'workload': None, 'stopped_by': removed['stopped_by'], 'fence_id': fence_id}
+
+
+def check_fence(root, name, clear_fence, check_mode):
+    """Before ``started``: refuse a fenced copy unless the caller moves the workload back here on purpose."""
+    marker = read_fence(root, name)
+    if marker is None:
+        return False
+    if not clear_fence:
+        raise WorkloadError('workload %s is fenced on this node (%s): it was resumed elsewhere while this node was '
+                            'lost, so this copy must not run; set clear_fence: true only to move it back here'
+                            % (name, marker.get('fence_id')), fence=marker)
+    if not check_mode:
+        os.unlink(fence_path(root, name))
+    return True
+

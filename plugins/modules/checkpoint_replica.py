@@ -106,6 +106,19 @@ bytes:
   description: With V(held), bytes held.
   returned: state=held
   type: int
+files:
+  description: With V(held), the paths to send (the held checkpoint, and its manifest when it is a single file).
+  returned: state=held
+  type: list
+  elements: str
+is_dir:
+  description: With V(held), whether the held checkpoint is a directory.
+  returned: state=held
+  type: bool
+incoming:
+  description: With V(held), a fresh C(.incoming-<step>-<id>) name for the copy on the replica node.
+  returned: state=held
+  type: str
 replica:
   description: With V(published), the replica (C(step), C(name), C(checkpoint), C(bytes), C(published_at)).
   returned: state=published

@@ -59,6 +59,11 @@ options:
   target:
     description: Use this host (it must still qualify) instead of the best ranked one.
     type: str
+  adopt:
+    description:
+      - Another owner's reservation to take over (the watcher's pre-reserved next target, C(replica/<workload>)),
+        when its host still qualifies; otherwise it is left alone and a target is chosen as usual.
+    type: str
   ttl:
     description: Seconds the reservation is held.
     type: float
@@ -97,6 +102,10 @@ rejected:
   returned: always
   type: list
   elements: dict
+adopted:
+  description: The owner whose reservation was taken over (see O(adopt)); absent when none was.
+  returned: when a reservation was adopted
+  type: str
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -117,6 +126,7 @@ def main():
             exclude=dict(type='list', elements='str', default=[]),
             target=dict(type='str'),
             ttl=dict(type='float', default=900.0),
+            adopt=dict(type='str'),
         ),
         supports_check_mode=True,
     )
@@ -127,7 +137,7 @@ def main():
             result['rejected'] = []
         else:
             result = reserve(p['path'], p['owner'], p['candidates'], p['gpus'], p['min_free_memory_mb'], p['exclude'],
-                             p['ttl'], p['target'], module.check_mode)
+                             p['ttl'], p['target'], module.check_mode, adopt=p['adopt'])
     module.exit_json(**result)
 
 

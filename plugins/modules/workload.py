@@ -25,6 +25,9 @@ description:
     newer than the signal, and returns it. If none comes, it fails saying so and naming the newest complete
     checkpoint already on disk; the workload keeps running.
   - V(stopped) sends SIGTERM and, after O(stop_timeout), SIGKILL, and reports which ended it.
+  - V(fenced) stops and removes this node's copy and leaves a marker (C(O(workload_root)/.fenced/NAME)) saying it was
+    resumed elsewhere while this node was lost (the watcher does this when the node comes back). V(started) refuses a
+    fenced workload unless O(clear_fence=true), which only a migration moving it back here sets.
   - Names must be plain (letters, digits, C(.), C(_), C(-)); arguments, paths and environment values are passed as
     argv data, never through a shell.
 author:
@@ -42,8 +45,15 @@ options:
   state:
     description: What to make true.
     type: str
-    choices: [started, checkpointed, stopped, absent]
+    choices: [started, checkpointed, stopped, absent, fenced]
     default: started
+  fence_id:
+    description: With V(fenced), who fenced it (the watcher's migration id), kept in the marker.
+    type: str
+  clear_fence:
+    description: With V(started), start it even though this node's copy was fenced (removing the marker).
+    type: bool
+    default: false
   runtime:
     description: What runs the workload.
     type: str
@@ -188,14 +198,17 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.spot.migration.plugins.module_utils._common import command_runner, fail_on_exception
 from ansible_collections.spot.migration.plugins.module_utils._gpu import create_backend, gpu_facts
 from ansible_collections.spot.migration.plugins.module_utils._workload import (
-    build_spec, create_driver, ensure_absent, ensure_checkpointed, ensure_started, ensure_stopped, pick_gpus)
+    build_spec, check_fence, create_driver, ensure_absent, ensure_checkpointed, ensure_fenced, ensure_started, ensure_stopped,
+    pick_gpus)
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             name=dict(type='str', required=True),
-            state=dict(type='str', default='started', choices=['started', 'checkpointed', 'stopped', 'absent']),
+            state=dict(type='str', default='started', choices=['started', 'checkpointed', 'stopped', 'absent', 'fenced']),
+            fence_id=dict(type='str'),
+            clear_fence=dict(type='bool', default=False),
             runtime=dict(type='str', default='process', choices=['docker', 'podman', 'process']),
             image=dict(type='str'),
             command=dict(type='list', elements='str'),
@@ -224,15 +237,22 @@ def main():
     with fail_on_exception(module):
         driver = create_driver(p['runtime'], run, module.get_bin_path, p['workload_root'], p['container_cli'])
         if p['state'] == 'started':
+            unfenced = check_fence(p['workload_root'], p['name'], p['clear_fence'], module.check_mode)
             spec = build_spec(p)
             spec['gpus'] = pick_gpus(p['gpus'], lambda: gpu_facts(
                 create_backend('auto', run, which=module.get_bin_path))['free_gpus'])
             result = ensure_started(driver, spec, module.check_mode, p['recreate'])
+            if unfenced:
+                result['changed'] = True
+                result['fence_cleared'] = True
         elif p['state'] == 'checkpointed':
             result = ensure_checkpointed(driver, p['name'], module.check_mode, p['deadline'], p['checkpoint_dir'],
                                          p['stable_for'], p['signalled_at'])
         elif p['state'] == 'stopped':
             result = ensure_stopped(driver, p['name'], module.check_mode, p['stop_timeout'])
+        elif p['state'] == 'fenced':
+            result = ensure_fenced(driver, p['name'], p['workload_root'], p['fence_id'] or 'fenced', module.check_mode,
+                                   p['stop_timeout'])
         else:
             result = ensure_absent(driver, p['name'], module.check_mode, p['stop_timeout'])
     module.exit_json(**result)

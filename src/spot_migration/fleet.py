@@ -467,6 +467,54 @@ def down(directory: Path, log=print) -> list[int]:
     return stopped
 
 
+def kill_node(directory: Path, node_name: str) -> list[int]:
+    """Take a node away without a notice, all at once: SIGKILL its agent, its workloads, its sshd (and the sessions it
+    opened) and its metadata simulator, as a hardware loss would. Returns the pids killed."""
+    fleet = Fleet.load(Path(directory))
+    node = fleet.node(node_name)
+    victims = [pid for pid, ticks in agent_pids(node) + _workload_pids(node) if _alive(pid, ticks)]
+    for pid in victims:
+        victims.extend(p for p in _descendants(pid) if p not in victims)
+    if _alive(node.sshd_pid):
+        victims += _descendants(node.sshd_pid) + [node.sshd_pid]
+    if _alive(node.metadata_pid):
+        victims.append(node.metadata_pid)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in victims:
+        _reap(pid)
+    return victims
+
+
+def restart_node(directory: Path, node_name: str) -> Node:
+    """Bring a node taken away by ``kill_node`` back: a new boot (new boot id), its sshd on the same address and
+    port, its metadata simulator on the same URL. Its agent and workloads are whatever its boot starts (nothing here:
+    run the agent role again, as systemd would start it)."""
+    fleet = Fleet.load(Path(directory))
+    node = fleet.node(node_name)
+    if _alive(node.sshd_pid):
+        raise FleetError(f"{node_name} is running (sshd pid {node.sshd_pid}); kill_node it first")
+    port = int(node.metadata_url.rsplit(":", 1)[1].split("/")[0])
+    new_boot(Path(directory), node_name)
+    fleet = Fleet.load(Path(directory))
+    node = fleet.node(node_name)
+    log = open(Path(node.root) / "sshd.log", "ab")
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(Path(node.paths["ssh"]) / "sshd_config")],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    node.sshd_pid = proc.pid
+    sim = control.spawn_metadata(node.cloud, Path(node.root) / "state", host=node.address, port=port, name=node.name)
+    node.metadata_pid, node.metadata_url = sim.pid, sim.url
+    fleet.save()
+    end = time.monotonic() + 20
+    while not _ssh_banner(node.address, node.port) and time.monotonic() < end:
+        time.sleep(0.05)
+    return node
+
+
 def status(directory: Path) -> list[dict[str, Any]]:
     fleet = Fleet.load(Path(directory))
     rows = []

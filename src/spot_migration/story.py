@@ -141,6 +141,7 @@ def run_story(workdir: Path, clouds: tuple[str, ...] = ("aws", "gcp", "azure"), 
             "eviction_agent_runtimes": ["process"]}]}, {"agent_secret_file": str(secret_file)})
         config = config_mod.load(None, inventory=str(fleet.inventory_path), listen=f"127.0.0.1:{port}",
                                  state_dir=str(workdir / "watcher"), secret_file=str(secret_file))
+        config.replication.enabled = False  # the story is the notice path; replication has its own test and bench
         log_file = open(workdir / "watcher.log", "a")  # noqa: SIM115 - closed in finally
         watcher = Watcher(config, log=lambda msg: (log_file.write(time.strftime("%H:%M:%S ") + msg + "\n"),
                                                    log_file.flush()))

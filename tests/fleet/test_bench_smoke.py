@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,9 +24,9 @@ HEADLINE = ("p1_detect_p95_s", "p2_checkpoint_on_target_s", "p3_speedup_vs_runbo
 @pytest.mark.timeout(600)
 def test_bench_smoke(tmp_path, ansible_env):
     out = tmp_path / "results"
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    # The benchmarks make their work directories under TMPDIR: here, so that teardown finds every fleet they start.
+    # The benchmarks make their work directories under TMPDIR: a directory of this test's own, so that teardown finds
+    # every fleet they start. A short path: SSH control sockets live under it and a socket path has at most 108 bytes.
+    scratch = Path(tempfile.mkdtemp(prefix="spot-bs-", dir="/tmp"))
     env = dict(ansible_env, TMPDIR=str(scratch))
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "run_all.py"), "--smoke", "--out", str(out),
                              "--net", "70"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -41,6 +43,7 @@ def test_bench_smoke(tmp_path, ansible_env):
             os.killpg(proc.pid, signal.SIGKILL)  # watchers and playbooks a killed part left behind
         except ProcessLookupError:
             pass
+        shutil.rmtree(scratch, ignore_errors=True)
     assert proc.returncode == 0, output[-6000:]
     report = json.loads((out / "results.json").read_text())
     assert report["smoke"] is True

@@ -69,6 +69,7 @@ class Watcher:
             "inventory": str(self.fleet.inventory_path), "listen": f"127.0.0.1:{self.port}",
             "state_dir": str(self.state_dir), "secret_file": str(self.secret_file), "heartbeat_timeout": 6,
             "sweep": {"interval": 15, "hosts": "silent", **sweep},
+            "replication": {"enabled": False},  # these tests are about notices; tests/fleet/test_replication.py covers it
             "alerts": {"webhooks": [self.webhook] if self.webhook else []},
         }))
         return path

@@ -135,6 +135,7 @@ def make_watcher(tmp_path: Path, fake: FakeAWX, monkeypatch) -> Watcher:
     config = load(None, inventory=str(inventory), listen=f"127.0.0.1:{free_port()}", state_dir=str(tmp_path / "state"),
                   secret_file=str(secret), controller={"url": fake.url, "poll_interval": 0.05})
     config.sweep.hosts = "none"
+    config.replication.enabled = False
     return Watcher(config, log=lambda message: None)
 
 

@@ -82,6 +82,9 @@ class Actions:
             "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
             "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
             "ANSIBLE_RETRY_FILES_ENABLED": "false",
+            # One SSH round trip per task instead of three (no sudo requiretty in play): the watcher's runs are its
+            # latency.
+            "ANSIBLE_PIPELINING": "true",
         }
         if marker:
             env[RUN_MARKER] = marker
@@ -90,7 +93,7 @@ class Actions:
     def run(self, ident: str, playbook: str | list, extravars: dict[str, Any] | None = None,
             on_event: Callable[[dict], None] | None = None, marker: str | None = None, limit: str | None = None,
             timeout: float | None = None, cancel: Callable[[], bool] | None = None,
-            forks: int | None = None) -> tuple[int, Path]:
+            forks: int | None = None, control_dir: str | None = None) -> tuple[int, Path]:
         """Run one playbook (a name like ``spot.migration.migrate`` or a list of plays). Returns (rc, private dir)."""
         private = self.runs_dir / ident
         private.mkdir(parents=True, exist_ok=True)
@@ -98,7 +101,8 @@ class Actions:
             (private / "project").mkdir(exist_ok=True)
             (private / "project" / "play.yml").write_text(json.dumps(playbook))
             playbook = "play.yml"
-        control_dir = tempfile.mkdtemp(prefix="spot-cp-")
+        own_control_dir = control_dir is None
+        control_dir = control_dir or tempfile.mkdtemp(prefix="spot-cp-")
         envvars = self._env(marker, control_dir)
         if forks:
             envvars["ANSIBLE_FORKS"] = str(int(forks))
@@ -120,7 +124,8 @@ class Actions:
             )
             return result.rc, private
         finally:
-            shutil.rmtree(control_dir, ignore_errors=True)
+            if own_control_dir:
+                shutil.rmtree(control_dir, ignore_errors=True)
 
 
 class MigrationEvents:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -21,6 +22,8 @@ from .config import WatchConfig
 from .controller import Controller, ControllerError, read_token
 from .ledger import ORDER, Fenced, Ledger, LedgerError
 from .metrics import Metrics
+from .replication import OWNER as REPLICA_OWNER
+from .replication import Replicator
 from .server import PushServer
 
 
@@ -66,6 +69,7 @@ class Watcher:
         self.fence_dir = Path(config.state_dir) / "fences"
         self.fence_dir.mkdir(exist_ok=True)
         self.record_dir = Path(config.state_dir) / "records"
+        self.reservation_file = Path(config.state_dir) / "reservations.json"
         self.ledger = Ledger(config.ledger_path, lease=config.lease)
         self.groups = inventory_groups(config.inventory)
         self.metrics = Metrics()
@@ -92,6 +96,8 @@ class Watcher:
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.last_sweep: dict[str, Any] = {}
+        self.replicator = Replicator(self) if config.replication.enabled else None
+        self.returning: set[str] = set()
 
     # ------------------------------------------------------------------ pushes
     def verify(self, headers: dict, body: bytes) -> None:
@@ -129,6 +135,8 @@ class Watcher:
         elif was_blind and not is_blind:
             self.log(f"{node} sees its metadata service again")
         self.metrics.blind.set(sum(1 for n in self.ledger.nodes() if n["blind"]))
+        if node in self.ledger.lost_nodes():
+            self._node_back(node, via)
 
     def on_notice(self, node: str, notice: dict, via: str, detected_at: float | None = None,
                   signalled_at: float | None = None) -> dict:
@@ -226,6 +234,9 @@ class Watcher:
         if leftovers:
             self.log(f"migration {migration_id}: stopped {len(leftovers)} process(es) left by an earlier run")
         m = self.ledger.migration(migration_id)
+        if (self.ledger.notice(m["notice_id"]) or {}).get("kind") == "lost":
+            self._run_recovery(migration_id, fence, m, fence_file)
+            return
         if self.controller is not None and m["attempts"] > 1 and self._follow_earlier_job(migration_id, fence):
             return
         extravars: dict[str, Any] = dict(self.config.migrate.extra_vars)
@@ -233,9 +244,13 @@ class Watcher:
             "source": m["source"], "migration_id": migration_id, "migration_fence": str(fence),
             "fence_file": str(fence_file), "transfer": self.config.migrate.transfer,
             "spot_record_dir": str(self.record_dir),
-            "spot_reservation_file": str(Path(self.config.state_dir) / "reservations.json"),
+            "spot_reservation_file": str(self.reservation_file),
             "notice_at": iso(m["notice_at"]), "detected_at": iso(m["detected_at"]),
         })
+        prestaged = {w["name"]: {"target": w["replica"], "root": w["replica_root"], "step": w["replica_step"]}
+                     for w in self.ledger.workloads(node=m["source"]) if w["replica"] and w["replica_step"] is not None}
+        if prestaged:
+            extravars["prestaged"] = prestaged
         doomed = [n for n in self.ledger.evicting_nodes() if n != m["source"]]
         if doomed:
             extravars["exclude_hosts"] = doomed
@@ -328,6 +343,131 @@ class Watcher:
             why = "; ".join(events.failures[-3:]) or f"controller job {job} {status}"
             self._finish(migration_id, fence, "failed", error=why)
 
+    # ------------------------------------------------------------------ lost nodes
+    def check_lost(self, now: float | None = None) -> list[str]:
+        """Spot nodes whose agent has been silent AND that probes could not reach, both for longer than
+        ``lost.grace``: declared lost, fenced, and their workloads resumed from the replicas. A node that is merely
+        slow answers a probe or a heartbeat within the grace period and is left alone."""
+        if not self.config.lost.enabled:
+            return []
+        now = time.time() if now is None else now
+        grace = float(self.config.lost.grace)
+        health = self.ledger.health()
+        heard = {n["node"]: max(n["last_heartbeat_at"] or 0, n["last_probe_at"] or 0) for n in self.ledger.nodes()}
+        declared = []
+        for node in self.groups.get(self.config.sweep.group, []):
+            h = health.get(node) or {}
+            since = h.get("unreachable_since")
+            if since is None or h.get("lost_at") is not None:
+                continue
+            last_contact = max(heard.get(node, 0.0), 0.0)
+            if now - since >= grace and now - last_contact >= grace and self.ledger.declare_lost(node):
+                declared.append(node)
+                self._lost(node, now)
+        self.metrics.lost.set(len(self.ledger.lost_nodes()))
+        return declared
+
+    def _lost(self, node: str, now: float) -> None:
+        workloads = self.ledger.workloads(node=node)
+        names = ", ".join(w["name"] for w in workloads) or "no known workloads"
+        self.log(f"{node} is LOST: agent silent and unreachable for more than {self.config.lost.grace:.0f} s ({names})")
+        self.alerter.alert(f"lost:{node}:{now:.0f}", f"{node} was lost without a notice; resuming {names} from replicas",
+                           node=node, kind="lost", workloads=[w["name"] for w in workloads])
+        if not workloads or not self.config.migrate.enabled:
+            return
+        notice = {"notice_id": f"lost-{node}-{now:.0f}", "evicting": True, "kind": "lost", "provider": "none",
+                  "action": "lost", "deadline": None}
+        self.ledger.record_notice(node, notice, "lost", now, notice_at=now)
+        created, migration_id = self.ledger.open_migration(notice["notice_id"], node, now, now)
+        if created:
+            self.kick.set()
+
+    def _run_recovery(self, migration_id: str, fence: int, m: dict, fence_file: Path) -> None:
+        """The migration of a lost node: fence every copy there, resume each workload on its replica node."""
+        node = m["source"]
+        plan, skipped = [], []
+        for w in self.ledger.workloads(node=node):
+            self.ledger.fence(node, w["name"], migration_id)
+            if w["replica"] and w["replica_step"] is not None and w["replica_root"]:
+                plan.append({"name": w["name"], "spec": w["spec"], "replica": w["replica"], "replica_root": w["replica_root"],
+                             "gpus": w["replica_gpus"] or []})
+            else:
+                skipped.append(w["name"])
+        self._advance(migration_id, fence, "checkpointing", detail=f"{node} lost: fenced its copies",
+                      workloads=[p["name"] for p in plan] + skipped)
+        self._advance(migration_id, fence, "target_reserved", detail="pre-reserved replica nodes",
+                      targets={p["name"]: p["replica"] for p in plan},
+                      steps={w["name"]: w["replica_step"] for w in self.ledger.workloads(node=node)
+                             if w["replica_step"] is not None})
+        if not plan:
+            self._finish(migration_id, fence, "failed", error=f"no replica of {', '.join(skipped)}: nothing to resume from")
+            return
+        results: list[dict] = []
+        failures: list[str] = []
+
+        def on_event(event: dict) -> None:
+            data = event.get("event_data") or {}
+            res = data.get("res") or {}
+            if event.get("event") == "runner_on_ok" and data.get("task") == "Verify the replica against its manifest":
+                self._advance(migration_id, fence, "verified", detail=f"replica on {data.get('host')}")
+            elif event.get("event") == "playbook_on_task_start" and data.get("task") == "Resume the workload from the replica":
+                self._advance(migration_id, fence, "resuming", detail="from the replica")
+            elif event.get("event") == "runner_on_ok" and data.get("task") == "Record the recovery":
+                results.extend((res.get("ansible_facts") or {}).get("recover_done") or [])
+            elif event.get("event") in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+                failures.append(f"{data.get('host')}: {data.get('task')}: {res.get('msg') or res}"[:600])
+
+        extravars = {"lost_node": node, "recover_plan": plan, "fence_file": str(fence_file), "migration_fence": str(fence),
+                     "resume_timeout": int(self.config.migrate.extra_vars.get("resume_timeout", 120))}
+        rc, private = self.actions.run(f"{migration_id}-{fence}", "spot.migration.recover", extravars, on_event=on_event,
+                                       marker=migration_id, timeout=self.config.migrate.timeout,
+                                       cancel=lambda: migration_id in self.fenced_out, forks=self.config.migrate.forks)
+        if migration_id in self.fenced_out:
+            raise Fenced(f"fence {fence} superseded during the recovery")
+        placement = module_utils("_placement")
+        for done in results:
+            placement.release(str(self.reservation_file), REPLICA_OWNER.format(done["name"]))
+            self.ledger.workload_seen(done["name"], done["target"], next(p["spec"] for p in plan if p["name"] == done["name"]),
+                                      len(next(p["gpus"] for p in plan if p["name"] == done["name"])))
+        if rc == 0 and not skipped:
+            self._finish(migration_id, fence, "running", private=private)
+        else:
+            why = "; ".join(failures[-3:]) or (f"no replica of {', '.join(skipped)}" if skipped else f"rc {rc}")
+            self._finish(migration_id, fence, "failed", error=why, private=private)
+
+    def _node_back(self, node: str, via: str) -> None:
+        """A lost node answers again: before anything else, stop and fence the copies it still has."""
+        with self.lock:
+            if node in self.returning:
+                return
+            self.returning.add(node)
+        self.log(f"{node} is back ({via}); stopping the fenced copies there first")
+        self.pool.submit(self._unfence, node)
+
+    def _unfence(self, node: str) -> None:
+        try:
+            fences = self.ledger.fences(node)
+            plays = [{"name": "Fence the stale copies", "hosts": node, "gather_facts": False, "tasks": [
+                {"name": "Stop and fence the stale copy", "loop": [f["workload"] for f in fences],
+                 "spot.migration.workload": {"name": "{{ item }}", "state": "fenced",
+                                             "fence_id": "{{ fence_ids[item] }}", "stop_timeout": 5,
+                                             "runtime": "{{ runtimes[item] | default('process') }}",
+                                             "workload_root": "{{ spot_workload_root | default(omit) }}"}}],
+                "vars": {"fence_ids": {f["workload"]: f["migration_id"] or "lost" for f in fences},
+                         "runtimes": {w["name"]: w["spec"].get("runtime", "process") for w in self.ledger.workloads()}}}]
+            rc, private = self.actions.run(f"unfence-{node}-{time.monotonic_ns()}", plays)
+            if rc == 0:
+                for f in fences:
+                    self.ledger.fence_applied(node, f["workload"])
+                self.ledger.node_returned(node)
+                self.log(f"{node}: {len(fences)} stale copy(ies) stopped and fenced; the node is usable again")
+                shutil.rmtree(private, ignore_errors=True)
+            else:
+                self.log(f"{node}: fencing its stale copies failed (rc {rc}); will try again when it is seen next")
+        finally:
+            with self.lock:
+                self.returning.discard(node)
+
     def _finish(self, migration_id: str, fence: int, outcome: str, error: str | None = None,
                 private: Path | None = None) -> None:
         record_path = self.record_dir / f"{migration_id}.json"
@@ -363,6 +503,10 @@ class Watcher:
             return {"hosts": [], "seconds": 0.0}
 
         def on_result(host: str, res: dict) -> None:
+            unreachable = str(res.get("error") or "").startswith("unreachable")
+            self.ledger.probe_result(host, not unreachable)
+            if unreachable and self.config.lost.enabled:
+                return  # not heard from: neither blind nor quiet; check_lost decides after the grace period
             blind = bool(res.get("error"))
             self.node_seen(host, "sweep", blind, res.get("error"), res.get("provider"), None)
             if not blind and res.get("kind") not in (None, "none") and res.get("notice_id"):
@@ -372,6 +516,7 @@ class Watcher:
         rc, seconds = actions_mod.sweep(self.actions, hosts, self.config.sweep.timeout, on_result,
                                         forks=self.config.sweep.forks)
         self.metrics.sweeps.labels("ok" if rc == 0 else "failed").inc()
+        self.check_lost()
         self.last_sweep = {"hosts": hosts, "seconds": round(seconds, 2), "rc": rc, "at": time.time()}
         return self.last_sweep
 
@@ -395,7 +540,10 @@ class Watcher:
 
     def start(self) -> None:
         self.server.thread.start()
-        for target, name in ((self._schedule, "scheduler"), (self._sweeper, "sweeper")):
+        loops = [(self._schedule, "scheduler"), (self._sweeper, "sweeper")]
+        if self.replicator is not None:
+            loops.append((self.replicator.run_forever, "replicator"))
+        for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self.threads.append(thread)

@@ -51,6 +51,22 @@ class AlertConfig:
 
 
 @dataclass
+class ReplicationConfig:
+    enabled: bool = True            # copy every new complete checkpoint to the workload's pre-reserved target
+    interval: float = 10.0          # seconds between rounds
+    keep: int = 2                   # replicas kept per workload
+    bwlimit: int = 0                # rsync --bwlimit in KiB/s (0: none)
+    capacity_every: int = 6         # rounds between asking what runs where and the GPUs (and when needed)
+    reservation_ttl: float = 900.0  # the pre-reservation is renewed every round
+
+
+@dataclass
+class LostConfig:
+    enabled: bool = True            # declare a node lost without a notice, fence it, resume from the replica
+    grace: float = 60.0             # agent silent AND probes unreachable for this long (seconds) before "lost"
+
+
+@dataclass
 class ControllerConfig:
     url: str = ""                   # set: migrations run as AWX / Automation Controller jobs instead of ansible-runner
     job_template: str = "spot-migration migrate"   # name or id of the migrate job template
@@ -77,6 +93,8 @@ class WatchConfig:
     migrate: MigrateConfig = field(default_factory=MigrateConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    lost: LostConfig = field(default_factory=LostConfig)
 
     @property
     def ledger_path(self) -> Path:
@@ -131,7 +149,7 @@ def _build(cls, data: Any, where: str):
     values = {}
     for name, value in data.items():
         sub = {"sweep": SweepConfig, "migrate": MigrateConfig, "alerts": AlertConfig,
-               "controller": ControllerConfig}.get(name)
+               "controller": ControllerConfig, "replication": ReplicationConfig, "lost": LostConfig}.get(name)
         values[name] = _build(sub, value, f"{where}.{name}") if sub and cls is WatchConfig else value
     return cls(**values)
 
@@ -175,6 +193,11 @@ def _check(config: WatchConfig) -> None:
          "a positive number of seconds"),
         (bool(str(config.controller.job_template).strip()), "controller.job_template", config.controller.job_template,
          "a job template name or id"),
+        (float(config.replication.interval) > 0, "replication.interval", config.replication.interval,
+         "a positive number of seconds"),
+        (int(config.replication.keep) >= 1, "replication.keep", config.replication.keep, "1 or more"),
+        (float(config.lost.grace) >= float(config.heartbeat_timeout), "lost.grace", config.lost.grace,
+         f"at least heartbeat_timeout ({config.heartbeat_timeout} s): a node is never lost before its agent is silent"),
     ]
     for ok, name, value, expected in checks:
         if not ok:

@@ -42,6 +42,15 @@ CREATE TABLE IF NOT EXISTS nodes (
     blind_since REAL, error TEXT, provider TEXT, via TEXT, agent_version TEXT);
 CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, sent_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, created_at REAL NOT NULL, payload TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS workloads (
+    name TEXT PRIMARY KEY, node TEXT NOT NULL, spec TEXT NOT NULL, gpus INTEGER NOT NULL, seen_at REAL NOT NULL,
+    replica TEXT, replica_gpus TEXT, replica_root TEXT, replica_step INTEGER, replica_mtime REAL, replicated_at REAL,
+    replica_bytes INTEGER, source_step INTEGER, source_mtime REAL, error TEXT);
+CREATE TABLE IF NOT EXISTS node_health (
+    node TEXT PRIMARY KEY, unreachable_since REAL, lost_at REAL, returned_at REAL);
+CREATE TABLE IF NOT EXISTS fences (
+    node TEXT NOT NULL, workload TEXT NOT NULL, migration_id TEXT, created_at REAL NOT NULL, applied_at REAL,
+    PRIMARY KEY (node, workload));
 CREATE TABLE IF NOT EXISTS controller_jobs (
     migration_id TEXT NOT NULL, fence INTEGER NOT NULL, job INTEGER NOT NULL, launched_at REAL NOT NULL);
 """
@@ -140,6 +149,12 @@ class Ledger:
         row = self._db().execute("SELECT signalled_at FROM notices WHERE notice_id = ?", (notice_id,)).fetchone()
         return row["signalled_at"] if row else None
 
+    def notice(self, notice_id: str | None) -> dict | None:
+        if not notice_id:
+            return None
+        row = self._db().execute("SELECT * FROM notices WHERE notice_id = ?", (notice_id,)).fetchone()
+        return dict(row) if row else None
+
     def notices(self, limit: int = 100) -> list[dict]:
         rows = self._db().execute("SELECT * FROM notices ORDER BY detected_at DESC LIMIT ?", (limit,)).fetchall()
         return [dict(r) for r in rows]
@@ -211,6 +226,112 @@ class Ledger:
             raise Fenced(f"migration {migration_id}: fence {fence} is stale (now {row['fence'] if row else '?'}, "
                          f"held by {row['owner'] if row else '?'})")
         return row
+
+    # ------------------------------------------------------------------ workloads and replicas
+    def workload_seen(self, name: str, node: str, spec: dict, gpus: int) -> None:
+        """A running workload, as its node reported it (a workload that moved changes node, its replica stays)."""
+        with self._tx() as db:
+            row = db.execute("SELECT node FROM workloads WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO workloads (name, node, spec, gpus, seen_at) VALUES (?,?,?,?,?)",
+                           (name, node, json.dumps(spec, sort_keys=True), int(gpus), self.clock()))
+            else:
+                moved = row["node"] != node
+                db.execute("UPDATE workloads SET node = ?, spec = ?, gpus = ?, seen_at = ?"
+                           + (", replica = NULL, replica_gpus = NULL, replica_step = NULL, replica_mtime = NULL, "
+                              "replicated_at = NULL, error = NULL" if moved else "") + " WHERE name = ?",
+                           (node, json.dumps(spec, sort_keys=True), int(gpus), self.clock(), name))
+
+    def workload_gone(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM workloads WHERE name = ?", (name,))
+
+    def set_replica(self, name: str, replica: str | None, gpus: list[int] | None = None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE workloads SET replica = ?, replica_gpus = ?, replica_step = NULL, replica_mtime = NULL, "
+                       "replicated_at = NULL, replica_root = NULL WHERE name = ?",
+                       (replica, json.dumps(gpus) if gpus is not None else None, name))
+
+    def replicated(self, name: str, done: dict) -> None:
+        """One replication round's result for a workload (``replicate_done`` of the replicate playbook)."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM workloads WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return
+            updates: dict[str, Any] = {"source_step": done.get("source_step"), "source_mtime": done.get("source_mtime"),
+                                       "error": done.get("error") or None}
+            if done.get("replicated"):
+                updates.update({"replica_step": int(done["step"]), "replica_mtime": done.get("source_mtime"),
+                                "replicated_at": self.clock(), "replica_bytes": done.get("bytes"),
+                                "replica_root": done.get("replica_root")})
+            assignments = ", ".join(f"{k} = ?" for k in updates)
+            db.execute(f"UPDATE workloads SET {assignments} WHERE name = ?", (*updates.values(), name))
+
+    def workloads(self, node: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM workloads", ()
+        if node is not None:
+            sql, args = sql + " WHERE node = ?", (node,)
+        out = []
+        for row in self._db().execute(sql + " ORDER BY name", args).fetchall():
+            item = dict(row)
+            item["spec"] = json.loads(item["spec"])
+            item["replica_gpus"] = json.loads(item["replica_gpus"]) if item["replica_gpus"] else None
+            out.append(item)
+        return out
+
+    # ------------------------------------------------------------------ lost nodes and fences
+    def probe_result(self, node: str, reachable: bool) -> None:
+        """A probe reached the node, or could not; remembers since when it has been unreachable."""
+        now = self.clock()
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO node_health (node) VALUES (?)", (node,))
+            if reachable:
+                db.execute("UPDATE node_health SET unreachable_since = NULL WHERE node = ?", (node,))
+            else:
+                db.execute("UPDATE node_health SET unreachable_since = COALESCE(unreachable_since, ?) WHERE node = ?",
+                           (now, node))
+
+    def health(self) -> dict[str, dict]:
+        return {r["node"]: dict(r) for r in self._db().execute("SELECT * FROM node_health").fetchall()}
+
+    def declare_lost(self, node: str) -> bool:
+        """Mark the node lost (once per disappearance). Returns True when it was not lost before."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO node_health (node) VALUES (?)", (node,))
+            row = db.execute("SELECT lost_at FROM node_health WHERE node = ?", (node,)).fetchone()
+            if row["lost_at"] is not None:
+                return False
+            db.execute("UPDATE node_health SET lost_at = ?, returned_at = NULL WHERE node = ?", (self.clock(), node))
+            return True
+
+    def lost_nodes(self) -> list[str]:
+        return [r[0] for r in self._db().execute("SELECT node FROM node_health WHERE lost_at IS NOT NULL").fetchall()]
+
+    def node_returned(self, node: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE node_health SET lost_at = NULL, returned_at = ?, unreachable_since = NULL WHERE node = ?",
+                       (self.clock(), node))
+
+    def fence(self, node: str, workload: str, migration_id: str | None) -> None:
+        """The copy of ``workload`` on ``node`` may never run again (until a migration moves it back there)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO fences VALUES (?,?,?,?,NULL)", (node, workload, migration_id, self.clock()))
+
+    def fences(self, node: str | None = None, pending_only: bool = False) -> list[dict]:
+        sql, args = "SELECT * FROM fences WHERE 1 = 1", []
+        if node is not None:
+            sql, args = sql + " AND node = ?", [node]
+        if pending_only:
+            sql += " AND applied_at IS NULL"
+        return [dict(r) for r in self._db().execute(sql + " ORDER BY created_at", args).fetchall()]
+
+    def fence_applied(self, node: str, workload: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE fences SET applied_at = ? WHERE node = ? AND workload = ?", (self.clock(), node, workload))
+
+    def unfence(self, node: str, workload: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM fences WHERE node = ? AND workload = ?", (node, workload))
 
     def note_job(self, migration_id: str, fence: int, job: int) -> None:
         """Remember the controller job that runs this migration (AWX mode), under the caller's fence."""

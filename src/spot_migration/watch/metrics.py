@@ -26,6 +26,40 @@ class Metrics:
         self.silent = Gauge("spot_silent_agents", "Nodes whose agent heartbeats stopped", registry=r)
         self.sweeps = Counter("spot_probe_sweeps", "Fallback probe sweeps run", ["outcome"], registry=r)
         self.alerts = Counter("spot_alerts", "Alerts sent to webhooks", ["outcome"], registry=r)
+        self.replications = Counter("spot_replications", "Replication results per workload and round",
+                                    ["outcome"], registry=r)
+        self.replica_step = Gauge("spot_replica_step", "Newest replicated (verified, published) step", ["workload"],
+                                  registry=r)
+        self.replica_lag_steps = Gauge("spot_replica_lag_steps", "Newest step on the source minus the replicated one",
+                                       ["workload"], registry=r)
+        self.replica_lag_seconds = Gauge("spot_replica_lag_seconds",
+                                         "Age of the replica against the newest checkpoint on the source", ["workload"],
+                                         registry=r)
+        self.lost = Gauge("spot_lost_nodes", "Nodes declared lost (no notice, unreachable past the grace period)",
+                          registry=r)
+
+    def set_replicas(self, workloads: list[dict], now: float) -> None:
+        for gauge in (self.replica_step, self.replica_lag_steps, self.replica_lag_seconds):
+            gauge.clear()
+        for w in workloads:
+            lag_steps, lag_seconds = replica_lag(w, now)
+            if w.get("replica_step") is not None:
+                self.replica_step.labels(w["name"]).set(w["replica_step"])
+            if lag_steps is not None:
+                self.replica_lag_steps.labels(w["name"]).set(lag_steps)
+            if lag_seconds is not None:
+                self.replica_lag_seconds.labels(w["name"]).set(lag_seconds)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def replica_lag(w: dict, now: float) -> tuple[int | None, float | None]:
+    """(steps, seconds) the replica is behind the newest complete checkpoint on the source; None when there is no
+    replica yet. Seconds: how much newer the source's newest checkpoint is than the replicated one (0 when equal)."""
+    if w.get("replica_step") is None:
+        return None, None
+    steps = max(0, (w.get("source_step") or 0) - w["replica_step"])
+    if w.get("source_mtime") is not None and w.get("replica_mtime") is not None:
+        return steps, round(max(0.0, w["source_mtime"] - w["replica_mtime"]), 3)
+    return steps, None

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .ledger import Ledger
+from .metrics import replica_lag
 
 
 def _age(epoch: float | None, now: float) -> str:
@@ -27,14 +28,24 @@ def status_data(ledger: Ledger, spot_hosts: list[str], heartbeat_timeout: float,
     now = time.time()
     known = {n["node"]: n for n in ledger.nodes()}
     nodes = []
+    health = ledger.health()
     for host in sorted(set(spot_hosts) | set(known)):
         row = known.get(host, {})
         agent_fresh = bool(row.get("last_heartbeat_at")) and now - row["last_heartbeat_at"] <= heartbeat_timeout
         nodes.append({"node": host, "last_heartbeat_at": row.get("last_heartbeat_at"),
                       "last_probe_at": row.get("last_probe_at"), "agent": "ok" if agent_fresh else
                       ("silent" if row.get("last_heartbeat_at") else "none"),
-                      "blind": bool(row.get("blind")), "blind_since": row.get("blind_since"), "error": row.get("error")})
-    return {"nodes": nodes, "in_flight": ledger.migrations(open_only=True), "workloads": workloads}
+                      "blind": bool(row.get("blind")), "blind_since": row.get("blind_since"), "error": row.get("error"),
+                      "lost_at": (health.get(host) or {}).get("lost_at"),
+                      "unreachable_since": (health.get(host) or {}).get("unreachable_since")})
+    replicas = []
+    for w in ledger.workloads():
+        lag_steps, lag_seconds = replica_lag(w, now)
+        replicas.append({"workload": w["name"], "node": w["node"], "replica": w["replica"], "step": w["replica_step"],
+                         "source_step": w["source_step"], "lag_steps": lag_steps, "lag_seconds": lag_seconds,
+                         "replicated_at": w["replicated_at"], "bytes": w["replica_bytes"], "error": w["error"]})
+    return {"nodes": nodes, "in_flight": ledger.migrations(open_only=True), "workloads": workloads,
+            "replicas": replicas, "fences": ledger.fences()}
 
 
 def render_status(data: dict[str, Any], console: Console) -> None:
@@ -43,7 +54,12 @@ def render_status(data: dict[str, Any], console: Console) -> None:
     for column in ("node", "agent", "last heartbeat", "last sweep probe", "metadata", "error"):
         table.add_column(column)
     for n in data["nodes"]:
-        table.add_row(n["node"], {"ok": "[green]ok[/]", "silent": "[yellow]silent[/]"}.get(n["agent"], "none"),
+        state = {"ok": "[green]ok[/]", "silent": "[yellow]silent[/]"}.get(n["agent"], "none")
+        if n.get("lost_at"):
+            state = f"[red]LOST {_age(n['lost_at'], now)}[/]"
+        elif n.get("unreachable_since"):
+            state += f" [yellow](unreachable {_age(n['unreachable_since'], now)})[/]"
+        table.add_row(n["node"], state,
                       _age(n["last_heartbeat_at"], now), _age(n["last_probe_at"], now),
                       f"[red]blind {_age(n['blind_since'], now)}[/]" if n["blind"] else "readable",
                       (n["error"] or "")[:80])
@@ -62,6 +78,18 @@ def render_status(data: dict[str, Any], console: Console) -> None:
         unreachable = [h for h, found in data["workloads"].items() if found is None]
         if unreachable:
             table.caption = f"unreachable: {', '.join(sorted(unreachable))}"
+        console.print(table)
+    if data.get("replicas"):
+        table = Table(title="Replicas (next target, pre-reserved)", title_justify="left")
+        for column in ("workload", "runs on", "replica on", "replicated step", "newest step", "lag", "replicated",
+                       "error"):
+            table.add_column(column)
+        for r in data["replicas"]:
+            lag = "-" if r["lag_steps"] is None else f"{r['lag_steps']} steps, {r['lag_seconds'] or 0:.0f} s"
+            table.add_row(r["workload"], r["node"], r["replica"] or "[yellow]none yet[/]",
+                          "-" if r["step"] is None else str(r["step"]),
+                          "-" if r["source_step"] is None else str(r["source_step"]), lag,
+                          _age(r["replicated_at"], now), (r["error"] or "")[:60])
         console.print(table)
     render_migrations(data["in_flight"], console, "Migrations in flight")
 

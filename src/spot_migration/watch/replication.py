@@ -1,0 +1,187 @@
+"""Prevention: every running workload gets a pre-reserved next target (its replica node), and each new complete
+checkpoint is copied there in the background (``spot.migration.replicate``), so a notice costs only the last delta
+and a node lost without notice costs at most one checkpoint interval.
+
+One round (every ``replication.interval`` seconds):
+
+1. ask the healthy spot nodes which workloads run (``workload_info``) and, every few rounds or when a workload has
+   no replica yet, the candidates' GPUs (``gpu_info``);
+2. give each workload without a usable replica node one, reserving its GPUs in the controller's reservation file
+   under ``replica/<workload>`` (the same file and ranking as ``migrate``), and renew the reservations held;
+3. run the replicate playbook for every workload with a replica node; record each result in the ledger.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from .. import module_utils
+
+LIST_TASK = "List the workloads to replicate"
+GPU_TASK = "Read the GPUs of a possible replica node"
+RECORD_TASK = "Record the replica"
+OWNER = "replica/{}"
+
+
+def discovery_plays(sources: list[str], candidates: list[str]) -> list[dict]:
+    plays = []
+    if sources:
+        plays.append({"name": "Workloads", "hosts": ",".join(sources), "gather_facts": False, "ignore_unreachable": True,
+                      "tasks": [{"name": LIST_TASK, "spot.migration.workload_info": {
+                          "workload_root": "{{ spot_workload_root | default(omit) }}"}}]})
+    if candidates:
+        plays.append({"name": "Capacity", "hosts": ",".join(candidates), "gather_facts": False,
+                      "ignore_unreachable": True, "tasks": [
+                          {"name": GPU_TASK, "spot.migration.gpu_info": {}, "ignore_errors": True}]})
+    return plays
+
+
+class Replicator:
+    def __init__(self, watcher: Any):
+        self.w = watcher
+        self.config = watcher.config.replication
+        self.placement = module_utils("_placement")
+        self.reservations = str(watcher.reservation_file)
+        self.capacity: dict[str, dict] = {}
+        self.rounds = 0
+        self.last_round: dict[str, Any] = {}
+        # SSH connections kept open between rounds (ControlPersist): a round every few seconds must not pay for
+        # new connections each time. A short path: socket paths are limited to 108 bytes.
+        self.control_dir = tempfile.mkdtemp(prefix="spot-rep-")
+
+    # ------------------------------------------------------------------ helpers
+    def _healthy_spot(self) -> list[str]:
+        groups = self.w.groups
+        lost = set(self.w.ledger.lost_nodes())
+        evicting = set(self.w.ledger.evicting_nodes())
+        moving = {m["source"] for m in self.w.ledger.migrations(open_only=True)}
+        return [h for h in groups.get(self.w.config.sweep.group, []) if h not in lost | evicting | moving]
+
+    def _candidates(self) -> list[str]:
+        lost = set(self.w.ledger.lost_nodes())
+        evicting = set(self.w.ledger.evicting_nodes())
+        hosts = list(dict.fromkeys(self.w.groups.get("standby", []) + self.w.groups.get(self.w.config.sweep.group, [])))
+        return [h for h in hosts if h not in lost | evicting]
+
+    def _describe(self, host: str, res: dict) -> dict:
+        standby = host in self.w.groups.get("standby", [])
+        return {"host": host, "free_gpus": res.get("free_gpus") or [], "gpus": res.get("gpus") or [],
+                "lifecycle": "on-demand" if standby else "spot", "evicting": False,
+                "blind": bool(res.get("failed")), "error": res.get("msg") if res.get("failed") else None}
+
+    # ------------------------------------------------------------------ one round
+    def round_once(self) -> dict[str, Any]:
+        start = time.monotonic()
+        self.rounds += 1
+        sources = self._healthy_spot()
+        known = {w["name"]: w for w in self.w.ledger.workloads()}
+        every = max(1, int(self.config.capacity_every))
+        # Asking the nodes what runs is a run of its own: every few rounds (a new workload waits that long for its
+        # first replica), at once when the last round saw a failure (a workload may have ended or moved).
+        want_scan = self.rounds % every == 1 or every == 1 or not known or self.last_round.get("failed")
+        want_capacity = want_scan and (self.rounds % every == 1 or not self.capacity
+                                       or any(not w["replica"] for w in known.values()))
+        seen: dict[str, dict] = {}
+        reached: set[str] = set()
+        capacity: dict[str, dict] = {}
+
+        def on_event(event: dict) -> None:
+            data = event.get("event_data") or {}
+            res = data.get("res") or {}
+            if event.get("event") == "runner_on_ok" and data.get("task") == LIST_TASK:
+                reached.add(data["host"])
+                for item in res.get("workloads") or []:
+                    if item.get("running") and (item.get("spec") or {}).get("checkpoint_dir"):
+                        seen[item["name"]] = {"node": data["host"], "spec": item["spec"]}
+            elif event.get("event") in ("runner_on_ok", "runner_on_failed") and data.get("task") == GPU_TASK:
+                capacity[data["host"]] = self._describe(data["host"], dict(res, failed=event["event"] == "runner_on_failed"))
+
+        plays = discovery_plays(sources if want_scan else [], self._candidates() if want_capacity else [])
+        if plays:
+            rc, private = self.w.actions.run(f"replicate-scan-{time.monotonic_ns()}", plays, on_event=on_event,
+                                             control_dir=self.control_dir)
+            if rc == 0:
+                shutil.rmtree(private, ignore_errors=True)
+        if capacity:
+            self.capacity = capacity
+        # Workloads: what runs where now. A workload gone from every node it could be on releases its target.
+        for name, item in seen.items():
+            self.w.ledger.workload_seen(name, item["node"], item["spec"], len(item["spec"].get("gpus") or []))
+        for name, row in known.items():
+            if want_scan and name not in seen and row["node"] in reached:
+                self.w.ledger.workload_gone(name)
+                self.placement.release(self.reservations, OWNER.format(name))
+        plan = self._assign_and_plan()
+        done: list[dict] = []
+        if plan:
+            def on_record(event: dict) -> None:
+                data = event.get("event_data") or {}
+                if event.get("event") == "runner_on_ok" and data.get("task") == RECORD_TASK:
+                    record = ((data.get("res") or {}).get("ansible_facts") or {}).get("replicate_done")
+                    if record:
+                        done.append(record)
+
+            extravars = {"replicate_plan": plan, "keep": int(self.config.keep), "bwlimit": int(self.config.bwlimit)}
+            rc, private = self.w.actions.run(f"replicate-{time.monotonic_ns()}", "spot.migration.replicate", extravars,
+                                             on_event=on_record, forks=self.w.config.migrate.forks,
+                                             control_dir=self.control_dir)
+            if rc == 0:
+                shutil.rmtree(private, ignore_errors=True)
+        for record in done:
+            self.w.ledger.replicated(record["workload"], record)
+            outcome = "copied" if record.get("replicated") else ("failed" if record.get("error") else "current")
+            self.w.metrics.replications.labels(outcome).inc()
+            if record.get("error"):
+                self.w.log(f"replication of {record['workload']} to {record['replica']} failed: {record['error'][:300]}")
+        self.w.metrics.set_replicas(self.w.ledger.workloads(), time.time())
+        self.last_round = {"workloads": len(seen) if want_scan else len(known), "scanned": bool(want_scan),
+                           "failed": any(r.get("error") for r in done),
+                           "replicated": sum(1 for r in done if r.get("replicated")),
+                           "seconds": round(time.monotonic() - start, 2), "at": time.time()}
+        return self.last_round
+
+    def _assign_and_plan(self) -> list[dict]:
+        lost = set(self.w.ledger.lost_nodes())
+        evicting = set(self.w.ledger.evicting_nodes())
+        plan = []
+        spot = set(self.w.groups.get(self.w.config.sweep.group, []))
+        for row in self.w.ledger.workloads():
+            if row["node"] in lost | evicting or row["node"] not in spot:
+                continue  # on-demand nodes are not taken away: their workloads need no replica
+            owner = OWNER.format(row["name"])
+            replica = row["replica"]
+            if replica and (replica in lost | evicting or replica == row["node"]
+                            or self.placement.renew(self.reservations, owner, self.config.reservation_ttl) is None):
+                self.placement.release(self.reservations, owner)
+                self.w.ledger.set_replica(row["name"], None)
+                replica = None
+            if not replica:
+                candidates = [c for h, c in self.capacity.items() if h != row["node"]]
+                try:
+                    got = self.placement.reserve(self.reservations, owner, candidates, gpus=row["gpus"],
+                                                 exclude=[row["node"], *lost, *evicting], ttl=self.config.reservation_ttl)
+                except self.placement.PlacementError as exc:
+                    self.w.log(f"no replica node for {row['name']}: {exc}")
+                    continue
+                replica = got["target"]
+                self.w.ledger.set_replica(row["name"], replica, got["gpus"])
+                self.w.log(f"{row['name']}: next target and replica node {replica} (GPUs {got['gpus']}), reserved")
+                row["replica_step"] = None
+            plan.append({"source": row["node"], "workload": row["name"], "checkpoint_dir": row["spec"]["checkpoint_dir"],
+                         "replica": replica, "last_step": row["replica_step"] if row["replica_step"] is not None else -1,
+                         "link_dest": bool(row["replica_step"] is not None and not row["error"])})
+        return plan
+
+    def run_forever(self) -> None:
+        try:
+            while not self.w.stopping.wait(float(self.config.interval)):
+                try:
+                    self.round_once()
+                except Exception as exc:  # noqa: BLE001 - one bad round is reported, the next one tries again
+                    self.w.metrics.replications.labels("error").inc()
+                    self.w.log(f"replication round failed: {type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(self.control_dir, ignore_errors=True)
