@@ -599,4 +599,3 @@ def check_fence(root, name, clear_fence, check_mode):
     if not check_mode:
         os.unlink(fence_path(root, name))
     return True
-

@@ -9,7 +9,8 @@ import pytest
 
 from ansible_collections.spot.migration.plugins.filter.pick_target import pick_target
 from ansible_collections.spot.migration.plugins.filter.rebase_paths import rebase_paths
-from ansible_collections.spot.migration.plugins.module_utils._placement import PlacementError, rank_candidates, release, reserve
+from ansible_collections.spot.migration.plugins.module_utils._placement import (
+    PlacementError, rank_candidates, release, renew, reserve)
 
 
 def cand(host, free, lifecycle="spot", memory=80000, **more):
@@ -82,3 +83,32 @@ def test_named_target_must_qualify(tmp_path):
 def test_rebase_paths(value, expected):
     assert rebase_paths(value, "/n1/ck/", "/n2/ck") == expected
     assert rebase_paths(value, "", "/n2/ck") == value
+
+
+def test_a_migration_adopts_the_pre_reserved_target_or_chooses_afresh(tmp_path):
+    path = str(tmp_path / "res.json")
+    candidates = [cand("standby1", [0, 1], "on-demand"), cand("node2", [0, 1])]
+    pre = reserve(path, "replica/train", candidates, gpus=1, exclude=["node1"])
+    assert pre["target"] == "standby1" and pre["gpus"] == [0]
+    # Another workload's migration cannot take those GPUs meanwhile.
+    other = reserve(path, "m-1/other", candidates, gpus=2, exclude=["node1"])
+    assert other["target"] == "node2"
+    taken = reserve(path, "m-2/train", candidates, gpus=1, exclude=["node1"], adopt="replica/train")
+    assert taken["adopted"] == "replica/train" and taken["target"] == "standby1" and taken["gpus"] == [0]
+    book = json.loads((tmp_path / "res.json").read_text())
+    assert "replica/train" not in book and book["m-2/train"]["adopted_from"] == "replica/train"
+    # Gone bad (the node now has a notice of its own): left alone, a target is chosen as usual.
+    reserve(path, "replica/b", candidates, gpus=1, exclude=["node1"])
+    bad = [cand("standby1", [0, 1], "on-demand", evicting=True), cand("node3", [0, 1])]
+    fresh = reserve(path, "m-3/b", bad, gpus=1, exclude=["node1"], adopt="replica/b")
+    assert "adopted" not in fresh and fresh["target"] == "node3"
+
+
+def test_renew_extends_a_reservation_and_says_when_it_is_gone(tmp_path):
+    path = str(tmp_path / "res.json")
+    now = [1000.0]
+    reserve(path, "replica/x", [cand("standby1", [0], "on-demand")], ttl=10, clock=lambda: now[0])
+    now[0] = 1009.0
+    assert renew(path, "replica/x", ttl=10, clock=lambda: now[0])["expires"] == 1019.0
+    now[0] = 1030.0
+    assert renew(path, "replica/x", ttl=10, clock=lambda: now[0]) is None

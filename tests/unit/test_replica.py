@@ -98,9 +98,58 @@ def test_link_dest_hard_links_unchanged_shards(tmp_path):
     (second / "frozen.bin").write_bytes(frozen)
     (second / "head.bin").write_bytes(os.urandom(1024))
     os.utime(second / "frozen.bin", (os.stat(first + "/frozen.bin").st_mtime,) * 2)
+    later = os.stat(first + "/head.bin").st_mtime + 5
+    os.utime(second / "head.bin", (later, later))  # rewritten: a newer time
     ck.seal(str(second), step=200)
     incoming = copy_in(root, str(second), 200, link_dest=str(root / "step-100"))
     rep.publish(str(root), incoming, 200)
     old, new = root / "step-100" / "checkpoint-100", root / "step-200" / "checkpoint-100"
     assert os.stat(old / "frozen.bin").st_ino == os.stat(new / "frozen.bin").st_ino
     assert os.stat(old / "head.bin").st_ino != os.stat(new / "head.bin").st_ino
+
+
+def test_a_wrong_link_from_rsyncs_quick_check_is_caught_not_published(tmp_path):
+    """rsync --link-dest trusts size and time: a rewritten file with the same size and time would be linked from the
+    old replica. The manifest check on the replica node catches it; nothing is published."""
+    src, root = tmp_path / "src", tmp_path / "replicas"
+    first = make_checkpoint(src, 100, {"head.bin": b"a" * 1024})
+    rep.publish(str(root), copy_in(root, first, 100), 100)
+    second = src / "next" / "checkpoint-100"
+    second.mkdir(parents=True)
+    (second / "head.bin").write_bytes(b"b" * 1024)
+    same = os.stat(first + "/head.bin").st_mtime
+    os.utime(second / "head.bin", (same, same))
+    ck.seal(str(second), step=200)
+    incoming = copy_in(root, str(second), 200, link_dest=str(root / "step-100"))
+    with pytest.raises(rep.ReplicaError, match="head.bin"):
+        rep.publish(str(root), incoming, 200)
+    assert [r["step"] for r in rep.replicas(str(root))] == [100]
+
+
+def safetensors(path, step: int, size: int = 4096) -> None:
+    import struct
+
+    header = json.dumps({"w": {"dtype": "U8", "shape": [size], "data_offsets": [0, size]},
+                         "__metadata__": {"step": str(step)}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + os.urandom(size))
+
+
+def test_hold_links_the_newest_complete_checkpoint_and_seals_the_held_copy(tmp_path):
+    job = tmp_path / "job"
+    job.mkdir()
+    for step in (100, 200):
+        safetensors(job / f"step-{step:08d}.safetensors", step)
+    (job / "step-00000300.safetensors").write_bytes(b"\x10\x00")  # being written: torn
+    held = rep.hold(str(job), str(tmp_path / "hold"))
+    assert held["step"] == 200 and held["held"].endswith("step-00000200.safetensors") and not held["is_dir"]
+    assert held["files"] == [held["held"], held["held"] + ck.MANIFEST_NAME]
+    assert os.stat(held["held"]).st_ino == os.stat(job / "step-00000200.safetensors").st_ino
+    ck.verify(held["held"])
+    assert held["incoming"].startswith(".incoming-200-")
+    assert not (job / ("step-00000200.safetensors" + ck.MANIFEST_NAME)).exists()  # the job's directory untouched
+    # The job deletes its copy (keep-last-N): the hold still has every byte.
+    (job / "step-00000200.safetensors").unlink()
+    ck.verify(held["held"])
+    # Nothing newer than what is already replicated: nothing held.
+    again = rep.hold(str(job), str(tmp_path / "hold"), after_step=100)
+    assert again["held"] is None and again["files"] == []

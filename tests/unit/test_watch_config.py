@@ -30,6 +30,10 @@ def test_defaults_work_on_the_local_fleet(tmp_path, monkeypatch):
     ("secret: hunter2hunter2hunter2", "not in the config"),
     ("migrate: {extra_vars: {source: node9}}", "may not set source"),
     ("listen: [", "not valid YAML"),
+    ("lost: {grace: 5}", "lost.grace is 5; it must be at least heartbeat_timeout"),
+    ("replication: {keep: 0}", "replication.keep is 0"),
+    ("replication: {interval: -1}", "replication.interval is -1"),
+    ("controller: {url: awx.example.com}", "controller.url is 'awx.example.com'"),
 ])
 def test_bad_settings_are_named(tmp_path, text, message):
     path = tmp_path / "watch.yml"

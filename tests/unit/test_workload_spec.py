@@ -53,3 +53,30 @@ def test_pick_gpus(gpus, free, expected):
 def test_pick_gpus_not_enough_free():
     with pytest.raises(WorkloadError, match="2 GPU\\(s\\) asked for, only 1 free"):
         pick_gpus(2, lambda: [0])
+
+
+def test_a_fenced_copy_is_removed_and_never_started_again_unless_moved_back(tmp_path):
+    from ansible_collections.spot.migration.plugins.module_utils import _workload as wl
+
+    class Driver:
+        def __init__(self):
+            self.running = {"train": True}
+
+        def status(self, name):
+            return {"running": self.running[name], "spec": {}} if name in self.running else None
+
+        def stop(self, name, timeout):
+            self.running[name] = False
+            return "SIGTERM"
+
+        def remove(self, name):
+            del self.running[name]
+
+    driver, root = Driver(), str(tmp_path)
+    first = wl.ensure_fenced(driver, "train", root, "m-7", check_mode=False)
+    assert first["changed"] and first["stopped_by"] == "SIGTERM" and "train" not in driver.running
+    assert wl.ensure_fenced(driver, "train", root, "m-7", check_mode=False)["changed"] is False
+    with pytest.raises(wl.WorkloadError, match="fenced on this node \\(m-7\\)"):
+        wl.check_fence(root, "train", clear_fence=False, check_mode=False)
+    assert wl.check_fence(root, "train", clear_fence=True, check_mode=False) is True
+    assert wl.check_fence(root, "train", clear_fence=False, check_mode=False) is False
