@@ -32,8 +32,11 @@ PARTS = {
     "migration": ("migration.py", ["--sizes", "10,1024"], ["--sizes", "4", "--cron-period", "2", "--runbook-settle", "1"]),
     "watch": ("watch_bench.py", ["--notices", "30", "--sweep-notices", "9"],
               ["--notices", "3", "--sweep-notices", "3", "--sweep-interval", "3", "--eight", "2", "--sweep-sizes", "2,4"]),
+    "prevention": ("prevention.py", ["--size-mb", "1024", "--losses", "3"],
+                   ["--size-mb", "4", "--losses", "1", "--every", "300", "--grace", "10"]),
 }
-OUTPUTS = {"checkpoint": "checkpoint_bench.json", "migration": "migration.json", "watch": "watch.json"}
+OUTPUTS = {"checkpoint": "checkpoint_bench.json", "migration": "migration.json", "watch": "watch.json",
+           "prevention": "prevention.json"}
 
 
 def machine() -> str:
@@ -60,6 +63,8 @@ def run_part(name: str, args: list[str], out: Path, net: int) -> float:
     argv = [sys.executable, str(BENCH / script), *args, "--out", str(out)]
     if name in ("migration", "watch"):
         argv += ["--net", str(net)]
+    elif name == "prevention":
+        argv += ["--net", str(net + 3)]
     print(f"== {name}: {' '.join(argv[1:])}", flush=True)
     start = time.monotonic()
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
@@ -124,6 +129,17 @@ def figures(parts: dict, mach: str, date: str, smoke: bool) -> dict:
         put("p6_sweep_32_nodes_s", sw[biggest]["median_s"], "s",
             f"one probe sweep of {biggest} nodes through ansible-runner (median of 3)",
             {f"{k} nodes s": v["median_s"] for k, v in sw.items() if k != biggest}, "watch")
+    prev = parts.get("prevention")
+    if prev:
+        n, loss = prev["notice"], prev["loss"]
+        put("p7_prestaged_notice_to_running_s", (n.get("with") or {}).get("notice_to_running_s"), "s",
+            f"notice -> running again with a replica and a pre-reserved target in place ({n.get('size_mb')} MiB)",
+            {"without pre-staging s": (n.get("without") or {}).get("notice_to_running_s")}, "prevention")
+        put("p8_hard_loss_steps_lost_max", loss.get("steps_lost_max"), "steps",
+            f"node killed without a notice at a random moment: steps trained but lost, worst of {loss.get('n')} "
+            f"(replication every 2 s, lost.grace {loss.get('grace_s')} s)",
+            {"checkpoint interval steps": loss.get("checkpoint_every_steps"), "mean": loss.get("steps_lost_mean"),
+             "loss -> running s": [t.get("loss_to_running_s") for t in loss.get("trials", [])]}, "prevention")
     ck = parts.get("checkpoint")
     if ck:
         h = ck["manifest_hashing"]
@@ -195,6 +211,22 @@ def markdown(figs: dict, parts: dict, mach: str, date: str, smoke: bool, duratio
         lines += ["", "## Probe sweep (fallback when agents are silent)", "", "| nodes | median | runs |",
                   "| --- | --- | --- |"]
         lines += [f"| {k} | {v['median_s']} s | {', '.join(map(str, v['runs_s']))} |" for k, v in sw.items()]
+    prev = parts.get("prevention")
+    if prev:
+        n, loss = prev["notice"], prev["loss"]
+        lines += ["", "## Prevention: replicas and pre-reserved targets", "",
+                  f"Notice -> running ({n.get('size_mb')} MiB): without pre-staging "
+                  f"{fmt((n.get('without') or {}).get('notice_to_running_s'))} s, with a replica and the next target "
+                  f"reserved {fmt((n.get('with') or {}).get('notice_to_running_s'))} s. The trainer writes a new "
+                  "checkpoint on the agent's signal, which moves whole either way.", "",
+                  "| lost node | last step trained | replica step at loss | resumed from | steps lost | loss -> running |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for t in loss.get("trials", []):
+            lines.append(f"| {t['node']} | {fmt(t['last_trained_step'])} | {fmt(t['replica_step_at_loss'])} | "
+                         f"{fmt(t['resumed_from'])} | {fmt(t['steps_lost'])} | {fmt(t['loss_to_running_s'])} s |")
+        lines.append(f"\nCheckpoint every {loss.get('checkpoint_every_steps')} steps of 10 ms; "
+                     f"{loss.get('within_one_interval')}/{loss.get('n')} losses within one interval; lost.grace "
+                     f"{loss.get('grace_s')} s (the wait before a silent, unreachable node is declared lost).")
     ck = parts.get("checkpoint")
     if ck:
         h = ck["manifest_hashing"]
@@ -316,6 +348,14 @@ def main() -> None:
             (raw / OUTPUTS[name]).unlink(missing_ok=True)  # never report a previous run's figures as this one's
             durations[name] = run_part(name, smoke if args.smoke else full, raw, args.net)
         parts[name] = json.loads((raw / OUTPUTS[name]).read_text())
+    if not args.smoke:
+        # --only reruns some parts: the others' last figures stay in the report (each says its own date).
+        previous = json.loads((args.out / "results.json").read_text()) if (args.out / "results.json").exists() else {}
+        for name in PARTS:
+            if name not in parts and (raw / OUTPUTS[name]).exists():
+                parts[name] = json.loads((raw / OUTPUTS[name]).read_text())
+                if name in previous.get("durations_s", {}):
+                    durations.setdefault(name, float(previous["durations_s"][name]))
     figs = figures(parts, mach, date, args.smoke)
     report = {"machine": mach, "date": date, "smoke": args.smoke, "durations_s": {k: round(v) for k, v in durations.items()},
               **figs, "parts": parts}
