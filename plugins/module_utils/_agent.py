@@ -30,7 +30,7 @@ from ._http import urllib_fetch
 from ._metadata import make_probe
 from ._notice import DEFAULT_EVICTING_KINDS, NoticeError, iso_utc
 from ._signing import SignatureError, load_secret, sign
-from ._workload import WorkloadError, create_driver, request_checkpoint
+from ._workload import WorkloadError, create_driver, ensure_fenced, request_checkpoint
 
 __metaclass__ = type
 
@@ -196,6 +196,30 @@ class Agent:
         return done
 
     # ------------------------------------------------------------------ pushing
+    def fence_workloads(self, fences):
+        """The watcher says these copies were resumed elsewhere while this node was lost: stop and fence them before
+        anything else (``workload state=fenced``: a fenced copy cannot be started again). Never raises."""
+        done = []
+        for fence in fences or []:
+            name, fence_id = fence.get('workload'), fence.get('fence_id') or 'fenced by the watcher'
+            if not name:
+                continue
+            for runtime in self.config['runtimes']:
+                try:
+                    driver = create_driver(runtime, _run, shutil.which, self.config['workload_root'],
+                                           self.config['container_cli'] if runtime != 'process' else None)
+                    if runtime != 'process' and not driver.status(name):
+                        continue
+                    result = ensure_fenced(driver, name, self.config['workload_root'], fence_id, False, 10.0)
+                    done.append({'name': name, 'runtime': runtime, 'changed': result['changed']})
+                    if result['changed']:
+                        self.log('fenced %s (%s): it runs elsewhere since this node was declared lost' % (name, fence_id))
+                    break
+                except (WorkloadError, OSError, ValueError) as exc:
+                    if runtime == 'process' or 'not installed' not in str(exc):
+                        done.append({'name': name, 'runtime': runtime, 'error': str(exc)})
+        return done
+
     def _post(self, payload):
         body = json.dumps(payload, sort_keys=True).encode('utf-8')
         headers = {'Content-Type': 'application/json', 'User-Agent': 'spot-eviction-agent/%s' % VERSION}
@@ -206,6 +230,12 @@ class Agent:
         except NoticeError as exc:
             return False, str(exc)
         if 200 <= resp.status < 300:
+            try:
+                answer = json.loads(resp.text() or '{}')
+            except ValueError:
+                answer = {}
+            if isinstance(answer, dict) and answer.get('fence'):
+                self.fence_workloads(answer['fence'])
             return True, None
         return False, 'HTTP %d from %s: %s' % (resp.status, url, resp.text()[:200])
 

@@ -18,27 +18,9 @@ import yaml
 
 from spot_migration import fleet as fleet_mod
 from spot_migration import module_utils
-from tests.helpers.fleet import play_runner, webhook_server, worker_base
+from tests.helpers.fleet import free_port, play_runner, wait_for, webhook_server, worker_base
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -19,29 +19,11 @@ from ansible_collections.spot.migration.plugins.module_utils import _checkpoint 
 from spot_migration import fleet as fleet_mod
 from spot_migration.watch.app import Watcher
 from spot_migration.watch.config import load
-from tests.helpers.fleet import play_runner, worker_base
+from tests.helpers.fleet import free_port, play_runner, wait_for, worker_base
 
 EVERY = 600          # trainer checkpoints every 600 steps of 10 ms: about every 6 s here
 GRACE = 14.0
 NAME = "rep-train"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from spot_migration import fleet as fleet_mod
 from spot_migration.sim import control
 from spot_migration.watch import actions as actions_mod
 
-from tests.helpers.fleet import Migrations, play_runner, worker_base
+from tests.helpers.fleet import Migrations, free_port, play_runner, wait_for, worker_base
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).parent / "spot-migration")
@@ -35,22 +34,6 @@ def _signing():
         from spot_migration import module_utils
         SIGNING = module_utils("_signing")
     return SIGNING
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Watcher:
@@ -158,7 +141,7 @@ def wfleet(tmp_path_factory, ansible_env):
         secret_file = directory / "secret"
         secret_file.write_text(secrets.token_hex(32) + "\n")
         secret_file.chmod(0o600)
-        port = _free_port()
+        port = free_port()
         play = play_runner(fleet, ansible_env, tmp_path_factory.mktemp("agent-plays"))
         play({"hosts": "spot", "gather_facts": False, "roles": [{
             "role": "spot.migration.eviction_agent", "eviction_agent_watcher_url": f"http://127.0.0.1:{port}",

@@ -287,3 +287,34 @@ def test_gcp_second_preemption_after_a_restart_is_a_new_notice(metadata_sim, rec
     control.inject(sim.url, "preempt")
     second = agent.check_once()
     assert second["notice_id"] != first["notice_id"] and len(agent.state["notices"]) == 2
+
+
+def test_the_watchers_fence_list_stops_a_stale_copy_at_once(tmp_path):
+    """A node back from being lost: the acknowledgement of its first heartbeat names the copies resumed elsewhere;
+    the agent stops them and leaves the marker that keeps them from starting again, before anything else."""
+    from ansible_collections.spot.migration.plugins.module_utils._metadata import Response
+
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 32)
+    root = tmp_path / "workloads"
+    driver = _workload.create_driver("process", _agent._run, None, str(root))
+    spec = {"name": "stale", "runtime": "process", "command": [sys.executable, "-c", "import time; time.sleep(60)"],
+            "gpus": [], "checkpoint_dir": str(tmp_path / "ck")}
+    _workload.ensure_started(driver, dict(_workload.build_spec(dict(spec, args=None, resume_from=None,
+                                                                    resume_arg=["--resume", "{checkpoint}"], env=None,
+                                                                    volumes=None, checkpoint_signal="SIGUSR1",
+                                                                    checkpoint_command=None, workdir=None, image=None))),
+                             check_mode=False)
+    assert driver.status("stale")["running"]
+    answer = json.dumps({"accepted": True, "fence": [{"workload": "stale", "fence_id": "m-42"}]}).encode()
+    agent = _agent.Agent(dict(_agent.DEFAULTS, node="node1", watcher_url="http://127.0.0.1:9", secret_file=str(secret),
+                              state_dir=str(tmp_path / "state"), workload_root=str(root), runtimes=["process"]),
+                         fetch=lambda *args, **kwargs: Response(202, {}, answer), log=lambda msg: None)
+    try:
+        assert agent._post(agent.heartbeat_payload()) == (True, None)
+        assert driver.status("stale") is None  # stopped and removed
+        assert _workload.read_fence(str(root), "stale")["fence_id"] == "m-42"
+        with pytest.raises(_workload.WorkloadError, match="fenced on this node"):
+            _workload.check_fence(str(root), "stale", clear_fence=False, check_mode=False)
+    finally:
+        _workload.ensure_absent(driver, "stale", False, 5)

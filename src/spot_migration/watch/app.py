@@ -117,7 +117,10 @@ class Watcher:
         if event["type"] == "heartbeat":
             self.node_seen(node, "agent", bool(event.get("blind")), event.get("error"), event.get("provider"),
                            event.get("agent_version"))
-            return {"accepted": True}
+            # Copies on this node that were resumed elsewhere while it was lost: its agent stops them at once.
+            fence = [{"workload": f["workload"], "fence_id": f["migration_id"]} for f in self.ledger.fences(node)
+                     if f["applied_at"] is None]
+            return {"accepted": True, "fence": fence} if fence else {"accepted": True}
         notice = event.get("notice")
         if not isinstance(notice, dict) or not notice.get("notice_id"):
             raise LookupError("notice event without a notice_id")
