@@ -19,7 +19,7 @@ demo: setup
 test: setup pytest sanity lint changelog
 
 pytest: setup
-	$(BIN)/python -m pytest -n $${PYTEST_WORKERS:-3} --dist worksteal $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $${PYTEST_WORKERS:-2} --dist worksteal $(PYTEST_ARGS)
 
 sanity: setup
 	bash hacking/sanity.sh

@@ -468,25 +468,41 @@ def down(directory: Path, log=print) -> list[int]:
 
 
 def kill_node(directory: Path, node_name: str) -> list[int]:
-    """Take a node away without a notice, all at once: SIGKILL its agent, its workloads, its sshd (and the sessions it
-    opened) and its metadata simulator, as a hardware loss would. Returns the pids killed."""
+    """Take a node away without a notice, all at once: SIGKILL its agent, its workloads, its sshd listener and its
+    metadata simulator, as a hardware loss would. Returns the pids killed.
+
+    The SSH sessions open at that moment get SIGTERM (SIGKILL a second later): on this machine every node is the same
+    user, and a session's login shell killed outright can leave that user's shell start-up half done for everyone
+    (pyenv's rehash lock, for one, makes every later SSH session wait 60 s)."""
     fleet = Fleet.load(Path(directory))
     node = fleet.node(node_name)
     victims = [pid for pid, ticks in agent_pids(node) + _workload_pids(node) if _alive(pid, ticks)]
-    for pid in victims:
+    for pid in list(victims):
         victims.extend(p for p in _descendants(pid) if p not in victims)
-    if _alive(node.sshd_pid):
-        victims += _descendants(node.sshd_pid) + [node.sshd_pid]
-    if _alive(node.metadata_pid):
-        victims.append(node.metadata_pid)
+    sessions = _descendants(node.sshd_pid) if _alive(node.sshd_pid) else []
+    victims += [pid for pid in (node.sshd_pid, node.metadata_pid) if _alive(pid)]
     for pid in victims:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    for pid in victims:
+    for pid in sessions:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end and any(_alive(pid) for pid in sessions):
+        time.sleep(0.05)
+    for pid in sessions:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for pid in victims + sessions:
         _reap(pid)
-    return victims
+    return victims + sessions
 
 
 def restart_node(directory: Path, node_name: str) -> Node:
