@@ -114,7 +114,9 @@ def notice_runs(workdir: Path, size_mb: int, net: int) -> dict:
 def losses(workdir: Path, count: int, every: int, grace: float, net: int) -> dict:
     trials = []
     rng = random.Random(11)
-    with local_fleet(workdir / "fleet-loss", nodes=max(2, count) + 1, standby=1, base_address=f"127.0.{net + 1}.10") as fleet:
+    # The standby node takes every lost node's workload: give it a GPU for each.
+    with local_fleet(workdir / "fleet-loss", nodes=max(2, count) + 1, standby=1, gpus=max(2, count),
+                     base_address=f"127.0.{net + 1}.10") as fleet:
         secret, secret_file = make_secret(workdir / "secret-l")
         port = free_port()
         agents(fleet, port, secret)

@@ -75,6 +75,10 @@ class Replicator:
     # ------------------------------------------------------------------ one round
     def round_once(self) -> dict[str, Any]:
         start = time.monotonic()
+        if self.w.active:
+            # Migrations in flight come first: a round would compete with them for the controller and the network.
+            self.last_round = {"skipped": "migrations in flight", "at": time.time()}
+            return self.last_round
         self.rounds += 1
         sources = self._healthy_spot()
         known = {w["name"]: w for w in self.w.ledger.workloads()}
