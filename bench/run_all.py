@@ -30,9 +30,9 @@ BENCH = ROOT / "bench"
 PARTS = {
     "checkpoint": ("checkpoint_bench.py", ["--size-gib", "1"], ["--size-gib", "0.03"]),
     "migration": ("migration.py", ["--sizes", "10,1024"], ["--sizes", "4", "--cron-period", "2", "--runbook-settle", "1"]),
-    "watch": ("watch_bench.py", ["--notices", "30", "--sweep-notices", "9"],
+    "watch": ("watch_bench.py", ["--notices", "24", "--sweep-notices", "6"],
               ["--notices", "3", "--sweep-notices", "3", "--sweep-interval", "3", "--eight", "2", "--sweep-sizes", "2,4"]),
-    "prevention": ("prevention.py", ["--size-mb", "1024", "--losses", "3"],
+    "prevention": ("prevention.py", ["--size-mb", "1024", "--losses", "2"],
                    ["--size-mb", "4", "--losses", "1", "--every", "300", "--grace", "10"]),
 }
 OUTPUTS = {"checkpoint": "checkpoint_bench.json", "migration": "migration.json", "watch": "watch.json",
