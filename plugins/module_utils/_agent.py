@@ -26,21 +26,23 @@ import sys
 import threading
 import time
 
+from ._follow import Follower
 from ._http import urllib_fetch
 from ._metadata import make_probe
 from ._notice import DEFAULT_EVICTING_KINDS, NoticeError, iso_utc
-from ._signing import SignatureError, load_secret, sign
+from ._signing import NONCE_HEADER, SignatureError, load_secret, sign, verify
 from ._workload import WorkloadError, create_driver, ensure_fenced, request_checkpoint
 
 __metaclass__ = type
 
-VERSION = '1.0.0'
+VERSION = '1.1.0'
+CAPABILITIES = ['replicate']
 DEFAULTS = {
     'node': None, 'provider': 'auto', 'metadata_url': None, 'imds_version': 'auto', 'watcher_url': None,
     'secret_file': None, 'state_dir': None, 'workload_root': None, 'runtimes': ['process', 'podman', 'docker'],
     'container_cli': None, 'poll_interval': 1.0, 'heartbeat_interval': 5.0, 'probe_timeout': 3.0,
     'evicting_kinds': list(DEFAULT_EVICTING_KINDS), 'signal_workloads': True, 'push_timeout': 5.0,
-    'max_backoff': 5.0, 'gcp_max_hang': 10,
+    'max_backoff': 5.0, 'gcp_max_hang': 10, 'replicate_poll': 0.5, 'replicate_timeout': 3600.0,
 }
 
 
@@ -102,6 +104,9 @@ class Agent:
         self.last_ok = None
         self.heartbeat_due = 0.0
         self.probe = None
+        # Continuous replication: what to copy where comes from the watcher's signed acknowledgements.
+        self.follower = Follower(self.log, poll=float(config['replicate_poll']), clock=clock,
+                                 timeout=float(config['replicate_timeout']), notify=self._heartbeat_now)
 
     # ------------------------------------------------------------------ state file
     def _load_state(self):
@@ -156,8 +161,14 @@ class Agent:
             self.wake.set()
         self.blind_error = error
 
+    def _heartbeat_now(self):
+        self.heartbeat_due = 0.0
+        self.wake.set()
+
     def on_notice(self, notice):
         detected_at = self.clock()
+        if notice['evicting']:
+            self.follower.pause('notice %s: the migration moves the emergency checkpoint' % notice['notice_id'])
         signalled = self.signal_workloads() if notice['evicting'] and self.config['signal_workloads'] else []
         signalled_at = self.clock() if signalled else None
         entry = {'notice': dict((k, v) for k, v in notice.items() if k not in ('notices',)),
@@ -234,10 +245,28 @@ class Agent:
                 answer = json.loads(resp.text() or '{}')
             except ValueError:
                 answer = {}
-            if isinstance(answer, dict) and answer.get('fence'):
-                self.fence_workloads(answer['fence'])
+            if isinstance(answer, dict) and ('fence' in answer or 'replicate' in answer):
+                self._instructions(answer, resp, headers[NONCE_HEADER])
             return True, None
         return False, 'HTTP %d from %s: %s' % (resp.status, url, resp.text()[:200])
+
+    def _instructions(self, answer, resp, nonce):
+        """Act on what an acknowledgement asks (stop fenced copies, replicate to these nodes) only when the watcher
+        signed it with the shared secret in reply to this very push: nothing else may move checkpoints or stop jobs."""
+        try:
+            verify(self.secret, resp.headers, resp.body, lambda *_args: False)
+            if answer.get('in_reply_to') != nonce:
+                raise SignatureError('replayed', 'acknowledgement is not a reply to push %s' % nonce)
+        except SignatureError as exc:
+            self.log('instructions in the acknowledgement ignored: %s' % exc)
+            return
+        if answer.get('fence'):
+            self.fence_workloads(answer['fence'])
+        if 'replicate' in answer:
+            try:
+                self.follower.update(answer['replicate'])
+            except ValueError as exc:
+                self.log('replication plan refused: %s' % exc)
 
     def heartbeat_payload(self):
         now = self.clock()
@@ -246,7 +275,8 @@ class Agent:
                 'blind_since': iso_utc(self.blind_since) if self.blind_since else None,
                 'last_ok_at': iso_utc(self.last_ok) if self.last_ok else None,
                 'provider': getattr(self.probe, 'provider', None), 'agent_version': VERSION,
-                'pending': len(self.state['pending'])}
+                'capabilities': CAPABILITIES, 'pending': len(self.state['pending']),
+                'replicas': self.follower.report(), 'replication_paused': self.follower.paused}
 
     def push_once(self):
         """Send what is due: pending notices first, then a heartbeat. Returns False when a send failed."""
@@ -294,6 +324,9 @@ class Agent:
         sender = threading.Thread(target=self._sender, name='sender')
         sender.daemon = True
         sender.start()
+        follower = threading.Thread(target=self.follower.run, args=(self.stopping,), name='follower')
+        follower.daemon = True
+        follower.start()
         while not self.stopping.is_set():
             notice = self.check_once()
             try:

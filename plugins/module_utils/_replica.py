@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 
-from ansible_collections.spot.migration.plugins.module_utils import _checkpoint as ck
+from . import _checkpoint as ck
 
 STEP_DIR = re.compile(r'^step-(\d+)$')
 INCOMING = re.compile(r'^\.incoming-(\d+)-[A-Za-z0-9_.-]+$')
@@ -201,3 +201,27 @@ def info(root):
     published = replicas(root)
     incoming = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else []) if INCOMING.match(n))
     return {'replicas': published, 'latest': published[-1] if published else None, 'incoming': incoming}
+
+
+def discard(root, incoming):
+    """Remove one ``.incoming-*`` copy (a transfer that failed); published replicas are never touched."""
+    if not INCOMING.match(incoming or ''):
+        raise ReplicaError('incoming %r is not an .incoming-<step>-<id> name' % incoming)
+    path = os.path.join(root, incoming)
+    existed = os.path.isdir(path)
+    shutil.rmtree(path, ignore_errors=True)
+    return {'changed': existed, 'removed': [incoming] if existed else []}
+
+
+def remote_main(request):
+    """What the agent asks of a replica node over SSH (``python3 -``, this code on stdin): ``publish`` or
+    ``discard``. Returns a result dict; errors come back as ``{'failed': True, 'msg': ...}``."""
+    try:
+        action = request.get('action')
+        if action == 'publish':
+            return publish(request['root'], request['incoming'], int(request['step']), int(request.get('keep', 2)))
+        if action == 'discard':
+            return discard(request['root'], request['incoming'])
+        raise ReplicaError('unknown replica action %r' % (action,))
+    except (ReplicaError, ck.CheckpointError, OSError, KeyError, ValueError) as exc:
+        return {'failed': True, 'msg': '%s: %s' % (type(exc).__name__, exc)}

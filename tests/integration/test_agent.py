@@ -306,11 +306,25 @@ def test_the_watchers_fence_list_stops_a_stale_copy_at_once(tmp_path):
                                                                     checkpoint_command=None, workdir=None, image=None))),
                              check_mode=False)
     assert driver.status("stale")["running"]
-    answer = json.dumps({"accepted": True, "fence": [{"workload": "stale", "fence_id": "m-42"}]}).encode()
-    agent = _agent.Agent(dict(_agent.DEFAULTS, node="node1", watcher_url="http://127.0.0.1:9", secret_file=str(secret),
-                              state_dir=str(tmp_path / "state"), workload_root=str(root), runtimes=["process"]),
-                         fetch=lambda *args, **kwargs: Response(202, {}, answer), log=lambda msg: None)
+    answer = {"accepted": True, "fence": [{"workload": "stale", "fence_id": "m-42"}]}
+
+    def reply(key, nonce=None):
+        def fetch(method, url, headers, timeout, body=None):
+            data = json.dumps(dict(answer, in_reply_to=nonce or headers[_signing.NONCE_HEADER])).encode()
+            return Response(202, _signing.sign(_signing.load_secret(key), data) if key else {}, data)
+        return fetch
+
+    def agent_with(fetch):
+        return _agent.Agent(dict(_agent.DEFAULTS, node="node1", watcher_url="http://127.0.0.1:9",
+                                 secret_file=str(secret), state_dir=str(tmp_path / "state"), workload_root=str(root),
+                                 runtimes=["process"]), fetch=fetch, log=lambda msg: None)
     try:
+        # Not signed by the watcher, signed with another key, or a reply to some other push: not obeyed.
+        for fetch in (reply(None), reply("t" * 32), reply("s" * 32, nonce="f" * 32)):
+            agent = agent_with(fetch)
+            assert agent._post(agent.heartbeat_payload()) == (True, None)
+            assert driver.status("stale")["running"]
+        agent = agent_with(reply("s" * 32))
         assert agent._post(agent.heartbeat_payload()) == (True, None)
         assert driver.status("stale") is None  # stopped and removed
         assert _workload.read_fence(str(root), "stale")["fence_id"] == "m-42"

@@ -87,7 +87,8 @@ class Watcher:
                                config.alerts.timeout, self.log,
                                lambda ok: self.metrics.alerts.labels("sent" if ok else "failed").inc())
         self.server = PushServer(config.host_port, self.verify, self.handle_event, self.health,
-                                 self.metrics.render, self._rejected)
+                                 self.metrics.render, self._rejected,
+                                 sign=lambda body: self.signing.sign(self.secret, body))
         self.pool = ThreadPoolExecutor(max_workers=int(config.migrate.max_concurrent), thread_name_prefix="migrate")
         self.active: dict[str, int] = {}
         self.fenced_out: set[str] = set()
@@ -117,10 +118,17 @@ class Watcher:
         if event["type"] == "heartbeat":
             self.node_seen(node, "agent", bool(event.get("blind")), event.get("error"), event.get("provider"),
                            event.get("agent_version"))
+            answer: dict[str, Any] = {"accepted": True}
             # Copies on this node that were resumed elsewhere while it was lost: its agent stops them at once.
             fence = [{"workload": f["workload"], "fence_id": f["migration_id"]} for f in self.ledger.fences(node)
                      if f["applied_at"] is None]
-            return {"accepted": True, "fence": fence} if fence else {"accepted": True}
+            if fence:
+                answer["fence"] = fence
+            if self.replicator is not None:
+                # Agents that replicate themselves report their replicas and get the current plan back.
+                self.replicator.agent_report(node, event)
+                answer["replicate"] = self.replicator.agent_plan(node)
+            return answer
         notice = event.get("notice")
         if not isinstance(notice, dict) or not notice.get("notice_id"):
             raise LookupError("notice event without a notice_id")

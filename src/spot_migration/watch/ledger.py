@@ -261,8 +261,9 @@ class Ledger:
             updates: dict[str, Any] = {"source_step": done.get("source_step"), "source_mtime": done.get("source_mtime"),
                                        "error": done.get("error") or None}
             if done.get("replicated"):
-                updates.update({"replica_step": int(done["step"]), "replica_mtime": done.get("source_mtime"),
-                                "replicated_at": self.clock(), "replica_bytes": done.get("bytes"),
+                updates.update({"replica_step": int(done["step"]),
+                                "replica_mtime": done.get("replica_mtime", done.get("source_mtime")),
+                                "replicated_at": done.get("replicated_at") or self.clock(), "replica_bytes": done.get("bytes"),
                                 "replica_root": done.get("replica_root")})
             assignments = ", ".join(f"{k} = ?" for k in updates)
             db.execute(f"UPDATE workloads SET {assignments} WHERE name = ?", (*updates.values(), name))

@@ -8,7 +8,13 @@ One round (every ``replication.interval`` seconds):
    no replica yet, the candidates' GPUs (``gpu_info``);
 2. give each workload without a usable replica node one, reserving its GPUs in the controller's reservation file
    under ``replica/<workload>`` (the same file and ranking as ``migrate``), and renew the reservations held;
-3. run the replicate playbook for every workload with a replica node; record each result in the ledger.
+3. hand each workload with a replica node to its node's eviction agent, which copies every new complete checkpoint
+   the moment it is written (``_follow``: the plan travels in the watcher's signed heartbeat acknowledgement, the
+   agent's replicas come back in its heartbeats); where no agent that can do that is heard from, run the replicate
+   playbook for the workload instead (one copy per round); record each result in the ledger.
+
+Agents are the fast path: a playbook round costs seconds of controller time on its own, so with agents off a replica
+can fall a checkpoint behind a job that checkpoints every few seconds.
 """
 
 from __future__ import annotations
@@ -23,6 +29,14 @@ from .. import module_utils
 LIST_TASK = "List the workloads to replicate"
 GPU_TASK = "Read the GPUs of a possible replica node"
 RECORD_TASK = "Record the replica"
+ACCESS_TASK = "Describe how to reach the node"
+AGENT_VERSION = (1, 1)
+# How a node is reached by another node (rsync and ssh from the source to its replica node); set_fact runs on the
+# controller, so this costs no connection.
+ACCESS = {"host": "{{ ansible_host | default(inventory_hostname) }}", "port": "{{ ansible_port | default(22) }}",
+          "root": "{{ spot_checkpoint_root | default('') }}", "ssh_config": "{{ spot_ssh_config | default('') }}",
+          "python": "{{ ansible_python_interpreter | default('python3') }}"}
+ACCESS_FACT = {"name": ACCESS_TASK, "ansible.builtin.set_fact": {"spot_replica_access": ACCESS}}
 OWNER = "replica/{}"
 
 
@@ -30,12 +44,12 @@ def discovery_plays(sources: list[str], candidates: list[str]) -> list[dict]:
     plays = []
     if sources:
         plays.append({"name": "Workloads", "hosts": ",".join(sources), "gather_facts": False, "ignore_unreachable": True,
-                      "tasks": [{"name": LIST_TASK, "spot.migration.workload_info": {
+                      "tasks": [ACCESS_FACT, {"name": LIST_TASK, "spot.migration.workload_info": {
                           "workload_root": "{{ spot_workload_root | default(omit) }}"}}]})
     if candidates:
         plays.append({"name": "Capacity", "hosts": ",".join(candidates), "gather_facts": False,
                       "ignore_unreachable": True, "tasks": [
-                          {"name": GPU_TASK, "spot.migration.gpu_info": {}, "ignore_errors": True}]})
+                          ACCESS_FACT, {"name": GPU_TASK, "spot.migration.gpu_info": {}, "ignore_errors": True}]})
     return plays
 
 
@@ -48,6 +62,9 @@ class Replicator:
         self.capacity: dict[str, dict] = {}
         self.rounds = 0
         self.last_round: dict[str, Any] = {}
+        self.access: dict[str, dict] = {}
+        self.agents: dict[str, tuple[float, list[str], str]] = {}  # node -> (last heartbeat, capabilities, version)
+        self.agent_items: dict[str, list[dict]] = {}
         # SSH connections kept open between rounds (ControlPersist): a round every few seconds must not pay for
         # new connections each time. A short path: socket paths are limited to 108 bytes.
         self.control_dir = tempfile.mkdtemp(prefix="spot-rep-")
@@ -95,7 +112,9 @@ class Replicator:
         def on_event(event: dict) -> None:
             data = event.get("event_data") or {}
             res = data.get("res") or {}
-            if event.get("event") == "runner_on_ok" and data.get("task") == LIST_TASK:
+            if event.get("event") == "runner_on_ok" and data.get("task") == ACCESS_TASK:
+                self.access[data["host"]] = (res.get("ansible_facts") or {}).get("spot_replica_access") or {}
+            elif event.get("event") == "runner_on_ok" and data.get("task") == LIST_TASK:
                 reached.add(data["host"])
                 for item in res.get("workloads") or []:
                     if item.get("running") and (item.get("spec") or {}).get("checkpoint_dir"):
@@ -118,7 +137,7 @@ class Replicator:
             if want_scan and name not in seen and row["node"] in reached:
                 self.w.ledger.workload_gone(name)
                 self.placement.release(self.reservations, OWNER.format(name))
-        plan = self._assign_and_plan()
+        plan = self._hand_to_agents(self._assign_and_plan())
         done: list[dict] = []
         if plan:
             def on_record(event: dict) -> None:
@@ -178,6 +197,64 @@ class Replicator:
                          "replica": replica, "last_step": row["replica_step"] if row["replica_step"] is not None else -1,
                          "link_dest": bool(row["replica_step"] is not None and not row["error"])})
         return plan
+
+    # ------------------------------------------------------------------ agents that replicate themselves
+    def _agent_follows(self, node: str) -> bool:
+        seen = self.agents.get(node)
+        if not seen or time.time() - seen[0] > self.w.config.heartbeat_timeout or "replicate" not in seen[1]:
+            return False
+        try:
+            return tuple(int(x) for x in seen[2].split(".")[:2]) >= AGENT_VERSION
+        except ValueError:
+            return False
+
+    def _agent_item(self, item: dict) -> dict | None:
+        """The plan item as the source's agent needs it, or None when the inventory does not say enough."""
+        src, dst = self.access.get(item["source"]), self.access.get(item["replica"])
+        if not src or not dst or not (item.get("replica_root") or dst.get("root")):
+            return None
+        ssh = ["ssh", "-o", "BatchMode=yes"] + (["-F", src["ssh_config"]] if src.get("ssh_config")
+                                                 else ["-p", str(dst.get("port") or 22)])
+        python = dst.get("python") or "python3"
+        return {"workload": item["workload"], "replica": item["replica"], "checkpoint_dir": item["checkpoint_dir"],
+                "host": dst["host"], "ssh": ssh, "python": "python3" if python.startswith("auto") else python,
+                "root": item.get("replica_root") or f"{dst['root'].rstrip('/')}/.spot-replicas/{item['workload']}",
+                "keep": int(self.config.keep), "bwlimit": int(self.config.bwlimit), "last_step": item["last_step"]}
+
+    def _hand_to_agents(self, plan: list[dict]) -> list[dict]:
+        """Give the agents that can replicate their workloads' items; return what the playbook must do."""
+        by_node: dict[str, list[dict]] = {}
+        rest = []
+        for item in plan:
+            agent_item = self._agent_item(item) if self._agent_follows(item["source"]) else None
+            if agent_item is None:
+                rest.append(item)
+            else:
+                by_node.setdefault(item["source"], []).append(agent_item)
+        self.agent_items = by_node
+        return rest
+
+    def agent_plan(self, node: str) -> list[dict]:
+        """What the node's agent is to replicate (the watcher's heartbeat acknowledgement carries it)."""
+        return list(self.agent_items.get(node, []))
+
+    def agent_report(self, node: str, event: dict) -> None:
+        """A heartbeat from ``node``'s agent: remember whether it replicates, record the replicas it reports."""
+        self.agents[node] = (time.time(), list(event.get("capabilities") or []), str(event.get("agent_version") or ""))
+        rows = {w["name"]: w for w in self.w.ledger.workloads(node=node)}
+        for report in event.get("replicas") or []:
+            row = rows.get(report.get("workload"))
+            if not isinstance(report, dict) or row is None or row["replica"] != report.get("replica"):
+                continue  # an old plan's report: the workload moved or has another replica node now
+            new = report.get("step") is not None and (row["replica_step"] is None or report["step"] > row["replica_step"])
+            self.w.ledger.replicated(row["name"], dict(report, replicated=new))
+            if new:
+                self.w.metrics.replications.labels("copied").inc()
+            elif report.get("error") and report["error"] != row["error"]:
+                self.w.metrics.replications.labels("failed").inc()
+                self.w.log(f"replication of {row['name']} to {row['replica']} (agent) failed: {report['error'][:300]}")
+        if event.get("replicas"):
+            self.w.metrics.set_replicas(self.w.ledger.workloads(), time.time())
 
     def run_forever(self) -> None:
         try:

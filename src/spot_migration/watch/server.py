@@ -16,8 +16,10 @@ class PushServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], verify: Callable[[dict, bytes], None],
                  handle_event: Callable[[dict], dict], health: Callable[[], tuple[bool, dict]],
-                 metrics: Callable[[], tuple[bytes, str]], reject: Callable[[str, str], None]):
+                 metrics: Callable[[], tuple[bytes, str]], reject: Callable[[str, str], None],
+                 sign: Callable[[bytes], dict] | None = None):
         self.verify = verify
+        self.sign = sign
         self.handle_event = handle_event
         self.health = health
         self.metrics = metrics
@@ -35,9 +37,14 @@ class _Handler(BaseHTTPRequestHandler):
     server: PushServer
     protocol_version = "HTTP/1.1"
 
-    def _reply(self, status: int, body: Any, content_type: str = "application/json") -> None:
+    def _reply(self, status: int, body: Any, content_type: str = "application/json", signed: bool = False) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
+        if signed and self.server.sign is not None:
+            # Acknowledgements carry instructions (stop a fenced copy, replicate there): the agent acts on them only
+            # when they are signed with the shared secret and name its own push's nonce.
+            for name, value in self.server.sign(data).items():
+                self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -86,7 +93,7 @@ class _Handler(BaseHTTPRequestHandler):
         except LookupError as exc:
             self._reply(404, {"error": str(exc)})
             return
-        self._reply(202, answer)
+        self._reply(202, dict(answer, in_reply_to=self.headers.get("X-Spot-Nonce")), signed=True)
 
     def log_message(self, *args: Any) -> None:
         pass
