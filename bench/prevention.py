@@ -9,10 +9,11 @@ Prints the figures and writes OUT/prevention.json (default bench/out). Not a tes
   (the next target reserved, the replica on it). The trainer checkpoints on the agent's signal, so the emergency
   checkpoint is always new and moves whole either way: what pre-staging saves here is the choice of target and
   whatever files did not change (none, for the trainer's single-file checkpoints).
-* hard loss: the trainer checkpointing every EVERY steps of 10 ms with replication every 2 s; at a random moment the
-  node is killed (agent, sshd, metadata service, workload at once, no notice). Reported: steps trained but lost (last
-  step on the dead node minus the step resumed from), against the checkpoint interval; and loss -> running again
-  (grace period included).
+* hard loss: the trainer checkpointing every EVERY steps of 10 ms, the node's agent replicating each checkpoint as it
+  is written; at a random moment the node is killed (agent, sshd, metadata service, workload at once, no notice).
+  Reported: steps trained but lost (last step on the dead node minus the step resumed from), against the checkpoint
+  interval and against what no replication can save (the steps since the newest checkpoint on the node's disk); the
+  replica's copy lag (checkpoint written -> published on the replica node); loss -> running again (grace included).
 """
 
 from __future__ import annotations
@@ -131,7 +132,9 @@ def losses(workdir: Path, count: int, every: int, grace: float, net: int) -> dic
                 wait(lambda: [r for r in watcher.rows("SELECT * FROM workloads WHERE name = ?", name)
                               if r["replica_step"] is not None], 300)
                 time.sleep(rng.uniform(0, every * 0.01 * 2))  # a random moment of the checkpoint cycle
-                replicated = (watcher.rows("SELECT replica_step FROM workloads WHERE name = ?", name) or [{}])[0]
+                replicated = (watcher.rows("SELECT * FROM workloads WHERE name = ?", name) or [{}])[0]
+                on_disk = [int(p.name.split("-")[1].split(".")[0]) for p in
+                           (Path(fleet.node(node).paths["checkpoints"]) / name).glob("step-*.safetensors")]
                 killed = time.time()
                 fleet_mod.kill_node(fleet.dir, node)
                 last = progress(fleet, node, name).get("step")
@@ -143,6 +146,10 @@ def losses(workdir: Path, count: int, every: int, grace: float, net: int) -> dic
                                and progress(fleet, target, name), 60) or {}
                 trial = {"node": node, "state": m.get("state"), "error": m.get("error"), "target": target,
                          "last_trained_step": last, "replica_step_at_loss": replicated.get("replica_step"),
+                         "newest_on_disk_at_loss": max(on_disk) if on_disk else None,
+                         # checkpoint written -> published on the replica node, for the replica held at the loss
+                         "replica_copy_lag_s": round(replicated["replicated_at"] - replicated["replica_mtime"], 2)
+                         if replicated.get("replicated_at") and replicated.get("replica_mtime") else None,
                          "resumed_from": resumed.get("resumed_from"),
                          "steps_lost": (last - resumed["resumed_from"]) if last is not None and resumed.get("resumed_from")
                          is not None else None,
@@ -152,7 +159,11 @@ def losses(workdir: Path, count: int, every: int, grace: float, net: int) -> dic
         finally:
             watcher.stop()
     lost = [t["steps_lost"] for t in trials if t["steps_lost"] is not None]
-    return {"checkpoint_every_steps": every, "step_time_s": 0.01, "grace_s": grace, "trials": trials,
+    since = [t["last_trained_step"] - t["newest_on_disk_at_loss"] for t in trials
+             if t["last_trained_step"] is not None and t["newest_on_disk_at_loss"] is not None]
+    return {"checkpoint_every_steps": every, "since_last_checkpoint_max": max(since) if since else None,
+            "replica_copy_lag_s_max": max((t["replica_copy_lag_s"] for t in trials if t["replica_copy_lag_s"] is not None),
+                                          default=None), "step_time_s": 0.01, "grace_s": grace, "trials": trials,
             "steps_lost_max": max(lost) if lost else None,
             "steps_lost_mean": round(sum(lost) / len(lost), 1) if lost else None,
             "within_one_interval": sum(1 for v in lost if v <= every), "n": len(lost)}

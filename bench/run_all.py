@@ -137,8 +137,10 @@ def figures(parts: dict, mach: str, date: str, smoke: bool) -> dict:
             {"without pre-staging s": (n.get("without") or {}).get("notice_to_running_s")}, "prevention")
         put("p8_hard_loss_steps_lost_max", loss.get("steps_lost_max"), "steps",
             f"node killed without a notice at a random moment: steps trained but lost, worst of {loss.get('n')} "
-            f"(replication every 2 s, lost.grace {loss.get('grace_s')} s)",
+            f"(each checkpoint replicated by the node's agent as it is written, lost.grace {loss.get('grace_s')} s)",
             {"checkpoint interval steps": loss.get("checkpoint_every_steps"), "mean": loss.get("steps_lost_mean"),
+             "since the newest checkpoint on disk, max": loss.get("since_last_checkpoint_max"),
+             "replica copy lag s, max": loss.get("replica_copy_lag_s_max"),
              "loss -> running s": [t.get("loss_to_running_s") for t in loss.get("trials", [])]}, "prevention")
     ck = parts.get("checkpoint")
     if ck:
@@ -219,11 +221,13 @@ def markdown(figs: dict, parts: dict, mach: str, date: str, smoke: bool, duratio
                   f"{fmt((n.get('without') or {}).get('notice_to_running_s'))} s, with a replica and the next target "
                   f"reserved {fmt((n.get('with') or {}).get('notice_to_running_s'))} s. The trainer writes a new "
                   "checkpoint on the agent's signal, which moves whole either way.", "",
-                  "| lost node | last step trained | replica step at loss | resumed from | steps lost | loss -> running |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| lost node | last step trained | newest checkpoint on its disk | replica step at loss | resumed from "
+                  "| steps lost | replica copy lag | loss -> running |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for t in loss.get("trials", []):
-            lines.append(f"| {t['node']} | {fmt(t['last_trained_step'])} | {fmt(t['replica_step_at_loss'])} | "
-                         f"{fmt(t['resumed_from'])} | {fmt(t['steps_lost'])} | {fmt(t['loss_to_running_s'])} s |")
+            lines.append(f"| {t['node']} | {fmt(t['last_trained_step'])} | {fmt(t.get('newest_on_disk_at_loss'))} | "
+                         f"{fmt(t['replica_step_at_loss'])} | {fmt(t['resumed_from'])} | {fmt(t['steps_lost'])} | "
+                         f"{fmt(t.get('replica_copy_lag_s'))} s | {fmt(t['loss_to_running_s'])} s |")
         lines.append(f"\nCheckpoint every {loss.get('checkpoint_every_steps')} steps of 10 ms; "
                      f"{loss.get('within_one_interval')}/{loss.get('n')} losses within one interval; lost.grace "
                      f"{loss.get('grace_s')} s (the wait before a silent, unreachable node is declared lost).")

@@ -149,6 +149,8 @@ class Agent:
             self.heartbeat_due = 0.0
             self.wake.set()
         self.last_ok = self.clock()
+        if notice['kind'] == 'none':
+            self.follower.resume()
         if notice['kind'] != 'none' and notice['notice_id'] not in self.state['notices']:
             self.on_notice(notice)
         return notice

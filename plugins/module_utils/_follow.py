@@ -151,6 +151,12 @@ class Follower:
             self.log('replication paused: %s' % why)
         self.paused = why
 
+    def resume(self):
+        """Copy again (the notice is gone: cancelled, or the node survived it)."""
+        if self.paused is not None:
+            self.log('replication resumed: no notice any more')
+        self.paused = None
+
     def report(self):
         with self.lock:
             return [dict(s) for s in sorted(self.status.values(), key=lambda s: s['workload'])]

@@ -332,3 +332,22 @@ def test_the_watchers_fence_list_stops_a_stale_copy_at_once(tmp_path):
             _workload.check_fence(str(root), "stale", clear_fence=False, check_mode=False)
     finally:
         _workload.ensure_absent(driver, "stale", False, 5)
+
+
+def test_replication_pauses_while_a_notice_stands_and_resumes_when_it_is_gone(metadata_sim, receiver, tmp_path):
+    """The migration moves the emergency checkpoint; the agent's own copying must not compete with it. A notice that
+    goes away (cancelled, or the node survived it) lets replication go on."""
+    sim = metadata_sim("aws")
+    agent = _agent.Agent(make_config(tmp_path, sim, receiver))
+    assert agent.check_once()["kind"] == "none" and agent.follower.paused is None
+    control.inject(sim.url, "rebalance")  # not evicting: replication goes on
+    agent.check_once()
+    assert agent.follower.paused is None
+    control.inject(sim.url, "spot_interruption")
+    notice = agent.check_once()
+    assert notice["evicting"] and notice["notice_id"] in agent.follower.paused
+    assert agent.heartbeat_payload()["replication_paused"] == agent.follower.paused
+    agent.check_once()  # the same notice again: still paused
+    assert agent.follower.paused
+    control.inject(sim.url, "clear")
+    assert agent.check_once()["kind"] == "none" and agent.follower.paused is None

@@ -188,6 +188,8 @@ def test_a_new_replica_node_starts_over_and_a_notice_pauses_following(follower, 
     follower.pause("notice n-1")
     write_checkpoint(ckpt, 200)
     assert follower.tick() == []
+    follower.resume()  # the notice is gone (cancelled, or the node survived it)
+    assert follower.tick() == ["job"]
     follower.update([])
     assert follower.report() == []
 

@@ -1,0 +1,96 @@
+"""The watcher's side of replication by the agents: which workloads go to an agent and which to the playbook, what the
+agent is told, and what its heartbeats record (the real ledger and metrics; no fleet)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from spot_migration.watch.config import load
+from spot_migration.watch.ledger import Ledger
+from spot_migration.watch.metrics import Metrics
+from spot_migration.watch.replication import Replicator
+
+SPEC = {"checkpoint_dir": "/data/ckpt/job", "gpus": [0]}
+
+
+@pytest.fixture
+def replicator(tmp_path):
+    config = load(None, inventory=str(tmp_path / "inventory.yml"), state_dir=str(tmp_path / "state"),
+                  secret_file=str(tmp_path / "secret"))
+    logged: list[str] = []
+    watcher = SimpleNamespace(config=config, ledger=Ledger(tmp_path / "ledger.db"), metrics=Metrics(), log=logged.append,
+                              groups={"spot": ["node1", "node2"], "standby": ["standby1"], "all": []}, active={},
+                              reservation_file=tmp_path / "reservations.json", logged=logged)
+    rep = Replicator(watcher)
+    rep.access = {
+        "node1": {"host": "10.0.0.1", "port": "22", "root": "/data/ckpt", "ssh_config": "/etc/spot/ssh_config",
+                  "python": "/usr/bin/python3"},
+        "node2": {"host": "10.0.0.2", "port": "2222", "root": "/data/ckpt", "ssh_config": "", "python": "auto_silent"},
+        "standby1": {"host": "10.0.0.9", "port": "2200", "root": "/srv/ckpt", "ssh_config": "",
+                     "python": "/opt/py/bin/python3"},
+    }
+    for name, node in (("job", "node1"), ("other", "node2")):
+        watcher.ledger.workload_seen(name, node, SPEC, 1)
+        watcher.ledger.set_replica(name, "standby1", [0])
+    return rep
+
+
+def plan(rep):
+    return [{"source": w["node"], "workload": w["name"], "checkpoint_dir": SPEC["checkpoint_dir"], "replica": w["replica"],
+             "last_step": -1, "link_dest": False} for w in rep.w.ledger.workloads()]
+
+
+def heartbeat(node, version="1.1.0", capabilities=("replicate",), replicas=()):
+    return {"type": "heartbeat", "node": node, "agent_version": version, "capabilities": list(capabilities),
+            "replicas": list(replicas)}
+
+
+def test_only_workloads_on_nodes_whose_agent_replicates_go_to_the_agent(replicator):
+    replicator.agent_report("node1", heartbeat("node1"))
+    replicator.agent_report("node2", heartbeat("node2", version="1.0.0", capabilities=()))  # an older agent
+    rest = replicator._hand_to_agents(plan(replicator))
+    assert [i["workload"] for i in rest] == ["other"]  # the playbook does node2's
+    (item,) = replicator.agent_plan("node1")
+    assert item == {"workload": "job", "replica": "standby1", "checkpoint_dir": "/data/ckpt/job", "host": "10.0.0.9",
+                    "ssh": ["ssh", "-o", "BatchMode=yes", "-F", "/etc/spot/ssh_config"], "python": "/opt/py/bin/python3",
+                    "root": "/srv/ckpt/.spot-replicas/job", "keep": 2, "bwlimit": 0, "last_step": -1}
+    assert replicator.agent_plan("node2") == []
+
+
+def test_a_silent_agent_loses_its_plan_to_the_playbook(replicator, monkeypatch):
+    replicator.agent_report("node1", heartbeat("node1"))
+    later = time.time() + replicator.w.config.heartbeat_timeout + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    rest = replicator._hand_to_agents(plan(replicator))
+    assert sorted(i["workload"] for i in rest) == ["job", "other"] and replicator.agent_plan("node1") == []
+
+
+def test_an_inventory_that_does_not_say_how_to_reach_the_replica_keeps_the_playbook(replicator):
+    replicator.agent_report("node2", heartbeat("node2"))
+    del replicator.access["standby1"]
+    assert len(replicator._hand_to_agents(plan(replicator))) == 2
+
+
+def test_reported_replicas_are_recorded_once_and_old_plans_ignored(replicator):
+    now = time.time()
+    report = {"workload": "job", "replica": "standby1", "replica_root": "/srv/ckpt/.spot-replicas/job", "step": 800,
+              "source_step": 800, "source_mtime": now - 2, "replica_mtime": now - 2, "bytes": 4096, "error": None,
+              "replicated_at": now - 1, "seconds": 0.8}
+    replicator.agent_report("node1", heartbeat("node1", replicas=[report]))
+    replicator.agent_report("node1", heartbeat("node1", replicas=[report]))  # the next heartbeat says it again
+    row = next(w for w in replicator.w.ledger.workloads() if w["name"] == "job")
+    assert (row["replica_step"], row["replica_root"], row["replica_bytes"]) == (800, report["replica_root"], 4096)
+    assert row["replicated_at"] == pytest.approx(now - 1)
+    copied = replicator.w.metrics.replications.labels("copied")._value.get()
+    assert copied == 1
+    # A report about another replica node (an old plan) changes nothing; a failure is logged once.
+    replicator.agent_report("node1", heartbeat("node1", replicas=[dict(report, replica="node2", step=1600)]))
+    failed = dict(report, source_step=1600, error="copy of step 1600 to 10.0.0.9 failed (rsync exit 12)")
+    replicator.agent_report("node1", heartbeat("node1", replicas=[failed]))
+    replicator.agent_report("node1", heartbeat("node1", replicas=[failed]))
+    row = next(w for w in replicator.w.ledger.workloads() if w["name"] == "job")
+    assert row["replica_step"] == 800 and row["source_step"] == 1600 and "rsync exit 12" in row["error"]
+    assert sum("rsync exit 12" in line for line in replicator.w.logged) == 1
