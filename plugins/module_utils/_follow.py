@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -126,6 +127,24 @@ class Follower:
         self.status = {}
         self.paused = None
         self.prefix = low_priority()
+        self.control_dir = None
+
+    def _ssh(self, item):
+        """The plan's ssh argv with a kept-open connection (ControlPersist): a copy every few seconds must not pay
+        for a new SSH handshake twice each time. The socket directory is short (socket paths are limited)."""
+        if self.control_dir is None:
+            self.control_dir = tempfile.mkdtemp(prefix='spot-f-')
+        return [item['ssh'][0], '-o', 'ControlMaster=auto', '-o', 'ControlPersist=120',
+                '-o', 'ControlPath=%s/%%C' % self.control_dir] + list(item['ssh'][1:])
+
+    def close(self):
+        """Close the kept-open connections."""
+        if self.control_dir is not None:
+            for name in os.listdir(self.control_dir):
+                _run(['ssh', '-o', 'ControlPath=%s' % os.path.join(self.control_dir, name), '-O', 'exit', 'x'],
+                     timeout=10)
+            shutil.rmtree(self.control_dir, ignore_errors=True)
+            self.control_dir = None
 
     # ------------------------------------------------------------------ the plan and what is reported
     def update(self, items):
@@ -164,7 +183,7 @@ class Follower:
     # ------------------------------------------------------------------ copying
     def _remote(self, item, request):
         python = item.get('python') or 'python3'
-        argv = list(item['ssh']) + [item['host'], python, '-']
+        argv = self._ssh(item) + [item['host'], python, '-']
         rc, out, err = self.run_cmd(argv, stdin=remote_script(request), timeout=min(self.timeout, 600.0))
         try:
             result = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
@@ -197,7 +216,7 @@ class Follower:
             sources, dest = [held['held'].rstrip('/') + '/'], '%s:%s/%s/%s/' % (item['host'], root, held['incoming'], name_now)
         else:
             sources, dest = held['files'], '%s:%s/%s/' % (item['host'], root, held['incoming'])
-        argv = self.prefix + ['rsync', '--archive', '--whole-file', '--mkpath', '--rsh', rsync_rsh(item['ssh'])]
+        argv = self.prefix + ['rsync', '--archive', '--whole-file', '--mkpath', '--rsh', rsync_rsh(self._ssh(item))]
         if int(item.get('bwlimit') or 0) > 0:
             argv.append('--bwlimit=%d' % int(item['bwlimit']))
         rc = 0
@@ -246,9 +265,12 @@ class Follower:
         return done
 
     def run(self, stopping):
-        while not stopping.is_set():
-            try:
-                self.tick()
-            except Exception as exc:  # noqa: BLE001 - a bug in one pass must not end replication for good
-                self.log('replication pass failed: %s: %s' % (type(exc).__name__, exc))
-            stopping.wait(self.poll)
+        try:
+            while not stopping.is_set():
+                try:
+                    self.tick()
+                except Exception as exc:  # noqa: BLE001 - a bug in one pass must not end replication for good
+                    self.log('replication pass failed: %s: %s' % (type(exc).__name__, exc))
+                stopping.wait(self.poll)
+        finally:
+            self.close()

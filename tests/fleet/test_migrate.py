@@ -207,3 +207,79 @@ def test_notice_cancelled_mid_migration_finishes_the_move(fleet, migrations):
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out[-4000:]
     assert migrations.where(name) == {"standby1": True}, "the migration finishes: one copy, on the target"
+
+
+# A fine-tuning job with a frozen base model (LoRA-style): every checkpoint is a Hugging Face `checkpoint-<step>/`
+# directory whose big base shard is the same file (hard-linked from the previous checkpoint), only the small adapter
+# shard and trainer_state.json are new. Checkpoints at start and on SIGUSR1 / SIGTERM (then exit).
+FROZEN_BASE_JOB = r'''
+import json, os, signal, sys, time
+ck = sys.argv[1]
+os.makedirs(ck, exist_ok=True)
+resume = sys.argv[sys.argv.index("--resume") + 1] if "--resume" in sys.argv else None
+first = json.load(open(os.path.join(resume, "trainer_state.json")))["global_step"] if resume else 0
+start = time.time() - first * 0.01
+
+
+def shard(path, data):
+    header = json.dumps({"w": {"dtype": "U8", "shape": [len(data)], "data_offsets": [0, len(data)]}}).encode()
+    with open(path, "wb") as handle:
+        handle.write(len(header).to_bytes(8, "little") + header + data)
+
+
+def save():
+    step = int((time.time() - start) / 0.01)
+    done = sorted((d for d in os.listdir(ck) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
+    base = os.path.join(ck, done[-1], "base.safetensors") if done else resume and os.path.join(resume, "base.safetensors")
+    tmp = os.path.join(ck, ".tmp-%d" % step)
+    os.mkdir(tmp)
+    if base:
+        os.link(base, os.path.join(tmp, "base.safetensors"))
+    else:
+        shard(os.path.join(tmp, "base.safetensors"), os.urandom(8 << 20))
+    shard(os.path.join(tmp, "adapter.safetensors"), os.urandom(64 << 10))
+    json.dump({"global_step": step}, open(os.path.join(tmp, "trainer_state.json"), "w"))
+    os.rename(tmp, os.path.join(ck, "checkpoint-%d" % step))
+    json.dump({"step": step, "resumed_from": first if resume else None}, open(os.path.join(ck, "progress.tmp"), "w"))
+    os.rename(os.path.join(ck, "progress.tmp"), os.path.join(ck, "progress.json"))
+
+
+signal.signal(signal.SIGUSR1, lambda *a: save())
+signal.signal(signal.SIGTERM, lambda *a: (save(), sys.exit(0)))
+save()
+while True:
+    time.sleep(0.2)
+'''
+
+
+def test_a_replica_on_the_target_means_only_what_changed_moves(fleet, migrations, fleet_play, tmp_path):
+    """Fast path at a notice: the target already holds a verified replica (continuous replication); the frozen base
+    shard is hard-linked from it on the target, only the adapter and trainer state are sent, and the job resumes from
+    the newest checkpoint (the one written at the notice), verified."""
+    name = "mig-frozen"
+    job = Path(fleet.node("node1").paths["checkpoints"]).parent / "frozen_base_job.py"
+    job.write_text(FROZEN_BASE_JOB)
+    ck = os.path.join(fleet.node("node1").paths["checkpoints"], name)
+    migrations.names.append(name)
+    fleet_play([{"spot.migration.workload": {
+        "name": name, "runtime": "process", "gpus": 1, "checkpoint_dir": ck, "workload_root": "{{ spot_workload_root }}",
+        "command": ["{{ ansible_python_interpreter }}", str(job)], "args": [ck]}},
+        {"spot.migration.checkpoint_info": {"path": ck, "wait_timeout": 20}}], hosts="node1")
+    root = Path(fleet.node("standby1").paths["checkpoints"]) / ".spot-replicas" / name
+    fleet_play({"import_playbook": "spot.migration.replicate"}, extra_vars={"keep": 2, "replicate_plan": [
+        {"source": "node1", "workload": name, "replica": "standby1", "checkpoint_dir": ck, "last_step": -1}]})
+    replica = json.loads((root / "latest.json").read_text())
+    fleet_mod.inject(fleet.dir, "node1", "spot_interruption")
+    prestaged = {name: {"target": "standby1", "root": str(root), "step": replica["step"]}}
+    migrations.migrate("node1", "-e", json.dumps({"prestaged": prestaged}))
+    [record] = migrations.records_written()
+    row = record["migrations"][0]
+    assert row["target"] == "standby1" and row["checkpoint_step"] > replica["step"]  # the newest, not the replica
+    resumed = Path(row["resumed_from"])
+    assert resumed.name == f"checkpoint-{row['checkpoint_step']}"
+    linked = os.stat(resumed / "base.safetensors").st_ino == os.stat(Path(replica["checkpoint"]) / "base.safetensors").st_ino
+    assert linked, "the unchanged base shard was sent again instead of hard-linked from the replica"
+    assert os.stat(resumed / "adapter.safetensors").st_ino != os.stat(Path(replica["checkpoint"]) / "adapter.safetensors").st_ino
+    assert migrations.where(name) == {"standby1": True}
+    progress = json.loads((Path(fleet.node("standby1").paths["checkpoints"]) / name / "progress.json").read_text())
+    assert progress["resumed_from"] == row["checkpoint_step"]

@@ -42,7 +42,7 @@ class LocalHop:
                     handle.write(b"x" * 100)
                 return 12, "", "rsync: connection unexpectedly closed"
         else:
-            assert argv[:2] == ["ssh", "-o"] and argv[-1] == "-", argv
+            assert argv[0] == "ssh" and "BatchMode=yes" in argv and argv[-1] == "-", argv
             argv = [sys.executable, "-"]
         proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
         return proc.returncode, proc.stdout, proc.stderr
@@ -79,7 +79,8 @@ def follower():
     notified: list[float] = []
     f = _follow.Follower(log.append, poll=0.05, run=hop, notify=lambda: notified.append(time.time()))
     f.hop, f.logged, f.notified = hop, log, notified
-    return f
+    yield f
+    f.close()
 
 
 def test_each_new_complete_checkpoint_is_published_and_reported(follower, tmp_path):
@@ -101,7 +102,8 @@ def test_each_new_complete_checkpoint_is_published_and_reported(follower, tmp_pa
     assert report["replica"] == "standby1" and report["bytes"] > 64 * 1024
     # The copy ran at low priority, with rsync's whole-file mode, over the plan's ssh.
     rsyncs = [c for c in follower.hop.commands if "rsync" in c]
-    assert all("--whole-file" in c and c[c.index("--rsh") + 1] == "ssh -o BatchMode=yes -p 2222" for c in rsyncs)
+    rsh = f"ssh -o ControlMaster=auto -o ControlPersist=120 -o ControlPath={follower.control_dir}/%C -o BatchMode=yes -p 2222"
+    assert all("--whole-file" in c and c[c.index("--rsh") + 1] == rsh for c in rsyncs)
     assert rsyncs[0][:3] == ["nice", "-n", "10"]
     assert not (tmp_path / ".spot-following" / "job").exists()  # the hold is gone after the copy
 
