@@ -228,8 +228,8 @@ def shard(path, data):
 
 
 def save():
-    step = int((time.time() - start) / 0.01)
     done = sorted((d for d in os.listdir(ck) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
+    step = max([int((time.time() - start) / 0.01)] + [int(d.split("-")[1]) + 1 for d in done])
     base = os.path.join(ck, done[-1], "base.safetensors") if done else resume and os.path.join(resume, "base.safetensors")
     tmp = os.path.join(ck, ".tmp-%d" % step)
     os.mkdir(tmp)
