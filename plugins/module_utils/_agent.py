@@ -278,6 +278,7 @@ class Agent:
                 'last_ok_at': iso_utc(self.last_ok) if self.last_ok else None,
                 'provider': getattr(self.probe, 'provider', None), 'agent_version': VERSION,
                 'capabilities': CAPABILITIES, 'pending': len(self.state['pending']),
+                'heartbeat_interval': float(self.config['heartbeat_interval']),
                 'replicas': self.follower.report(), 'replication_paused': self.follower.paused}
 
     def push_once(self):

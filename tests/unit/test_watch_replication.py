@@ -43,9 +43,9 @@ def plan(rep):
              "last_step": -1, "link_dest": False} for w in rep.w.ledger.workloads()]
 
 
-def heartbeat(node, version="1.1.0", capabilities=("replicate",), replicas=()):
+def heartbeat(node, version="1.1.0", capabilities=("replicate",), replicas=(), interval=5.0):
     return {"type": "heartbeat", "node": node, "agent_version": version, "capabilities": list(capabilities),
-            "replicas": list(replicas)}
+            "replicas": list(replicas), "heartbeat_interval": interval}
 
 
 def test_only_workloads_on_nodes_whose_agent_replicates_go_to_the_agent(replicator):
@@ -61,9 +61,12 @@ def test_only_workloads_on_nodes_whose_agent_replicates_go_to_the_agent(replicat
 
 
 def test_a_silent_agent_loses_its_plan_to_the_playbook(replicator, monkeypatch):
-    replicator.agent_report("node1", heartbeat("node1"))
-    later = time.time() + replicator.w.config.heartbeat_timeout + 1
-    monkeypatch.setattr(time, "time", lambda: later)
+    replicator.w.config.heartbeat_timeout = 4.0  # shorter than the agent's interval: three intervals count then
+    replicator.agent_report("node1", heartbeat("node1", interval=5.0))
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 14)  # between two heartbeats, late ones included: still the agent's
+    assert [i["workload"] for i in replicator._hand_to_agents(plan(replicator))] == ["other"]
+    monkeypatch.setattr(time, "time", lambda: now + 16)
     rest = replicator._hand_to_agents(plan(replicator))
     assert sorted(i["workload"] for i in rest) == ["job", "other"] and replicator.agent_plan("node1") == []
 

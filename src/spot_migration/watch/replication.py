@@ -63,7 +63,8 @@ class Replicator:
         self.rounds = 0
         self.last_round: dict[str, Any] = {}
         self.access: dict[str, dict] = {}
-        self.agents: dict[str, tuple[float, list[str], str]] = {}  # node -> (last heartbeat, capabilities, version)
+        # node -> (last heartbeat, capabilities, version, heartbeat interval)
+        self.agents: dict[str, tuple[float, list[str], str, float]] = {}
         self.agent_items: dict[str, list[dict]] = {}
         # SSH connections kept open between rounds (ControlPersist): a round every few seconds must not pay for
         # new connections each time. A short path: socket paths are limited to 108 bytes.
@@ -201,7 +202,9 @@ class Replicator:
     # ------------------------------------------------------------------ agents that replicate themselves
     def _agent_follows(self, node: str) -> bool:
         seen = self.agents.get(node)
-        if not seen or time.time() - seen[0] > self.w.config.heartbeat_timeout or "replicate" not in seen[1]:
+        # Heard from recently enough: within the watcher's heartbeat timeout, and never less than three of the agent's
+        # own heartbeat intervals (a plan must not flap between the agent and the playbook between two heartbeats).
+        if not seen or time.time() - seen[0] > max(self.w.config.heartbeat_timeout, 3 * seen[3]) or "replicate" not in seen[1]:
             return False
         try:
             return tuple(int(x) for x in seen[2].split(".")[:2]) >= AGENT_VERSION
@@ -240,7 +243,12 @@ class Replicator:
 
     def agent_report(self, node: str, event: dict) -> None:
         """A heartbeat from ``node``'s agent: remember whether it replicates, record the replicas it reports."""
-        self.agents[node] = (time.time(), list(event.get("capabilities") or []), str(event.get("agent_version") or ""))
+        try:
+            interval = float(event.get("heartbeat_interval") or 5.0)
+        except (TypeError, ValueError):
+            interval = 5.0
+        self.agents[node] = (time.time(), list(event.get("capabilities") or []), str(event.get("agent_version") or ""),
+                             interval)
         rows = {w["name"]: w for w in self.w.ledger.workloads(node=node)}
         for report in event.get("replicas") or []:
             row = rows.get(report.get("workload"))
