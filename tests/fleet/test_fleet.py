@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import subprocess
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -13,18 +16,17 @@ from spot_migration import fleet as fleet_mod
 from tests.fleet.conftest import worker_base
 
 
-def _listening_ports() -> set[int]:
+def _listening_ports() -> set[tuple[str, int]]:
+    """(IPv4 address, port) of every listening TCP socket. By address, not port alone: fleets of the other pytest
+    worker listen on the same port numbers on their own loopback addresses."""
     ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as handle:
-                next(handle)
-                for line in handle:
-                    fields = line.split()
-                    if fields[3] == "0A":  # LISTEN
-                        ports.add(int(fields[1].split(":")[1], 16))
-        except FileNotFoundError:
-            continue
+    with open("/proc/net/tcp") as handle:
+        next(handle)
+        for line in handle:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                address, port = fields[1].split(":")
+                ports.add((socket.inet_ntoa(struct.pack("<I", int(address, 16))), int(port, 16)))
     return ports
 
 
@@ -42,7 +44,8 @@ def test_up_and_down_ten_times_leaves_nothing(tmp_path):
         fleet = fleet_mod.up(directory, nodes=3, standby=1, base_address=worker_base(100), image=False,
                              log=lambda *_: None)
         pids = [p for n in fleet.nodes for p in (n.sshd_pid, n.metadata_pid)]
-        ports = {n.port for n in fleet.nodes} | {int(n.metadata_url.rsplit(":", 1)[1]) for n in fleet.nodes}
+        ports = {(n.address, n.port) for n in fleet.nodes} | {
+            (urlsplit(n.metadata_url).hostname, urlsplit(n.metadata_url).port) for n in fleet.nodes}
         assert all(_alive(p) for p in pids)
         assert ports <= _listening_ports()
         stopped = fleet_mod.down(directory, log=lambda *_: None)
