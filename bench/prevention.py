@@ -30,21 +30,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from watch_bench import ROOT, Watcher, agents, free_port, local_fleet, make_secret, play  # noqa: E402
+from watch_bench import ROOT, Watcher, agents, deploy, free_port, local_fleet, make_secret, play  # noqa: E402
 
 from spot_migration import fleet as fleet_mod  # noqa: E402
 from spot_migration.watch.app import to_epoch  # noqa: E402
 
 
 def trainer(fleet, host: str, name: str, extra: list[str]) -> None:
-    ck = "{{ spot_checkpoint_root }}/" + name
-    play(fleet, {"hosts": host, "gather_facts": False, "tasks": [
-        {"spot.migration.workload": {"name": name, "runtime": "process", "gpus": 1, "checkpoint_dir": ck,
-                                     "command": ["{{ ansible_python_interpreter }}", "{{ spot_trainer }}"],
-                                     "args": ["--checkpoint-dir", ck, "--step-time", "0.01", "--progress",
-                                              ck + "/progress.json", *extra],
-                                     "workload_root": "{{ spot_workload_root }}"}},
-        {"spot.migration.checkpoint_info": {"path": ck, "wait_timeout": 300}}]})
+    deploy(fleet, host, name, extra, per_host=False, progress=True, wait_timeout=300)
 
 
 def remove(fleet, name: str) -> None:

@@ -103,16 +103,19 @@ def agents(fleet, port: int, secret: str, state: str = "started", hosts: str = "
         "eviction_agent_secret": secret, "eviction_agent_runtimes": ["process"], "eviction_agent_state": state}]})
 
 
-def deploy(fleet, hosts: str, name: str, extra: list[str]) -> None:
-    """One workload per host, named NAME-HOST (job names are unique across a fleet)."""
-    name = name + "-{{ inventory_hostname }}"
+def deploy(fleet, hosts: str, name: str, extra: list[str], per_host: bool = True, progress: bool = False,
+           wait_timeout: float = 30) -> None:
+    """The reference trainer on each host, named NAME-HOST (job names are unique across a fleet; ``per_host`` False:
+    NAME, for one host); ``progress`` writes <checkpoint dir>/progress.json. Returns once it has a checkpoint."""
+    name = name + "-{{ inventory_hostname }}" if per_host else name
     ck = "{{ spot_checkpoint_root }}/" + name
+    args = ["--checkpoint-dir", ck, "--step-time", "0.01"] + (["--progress", ck + "/progress.json"] if progress else [])
     play(fleet, {"hosts": hosts, "gather_facts": False, "tasks": [
         {"spot.migration.workload": {"name": name, "runtime": "process", "gpus": 1,
                                      "command": ["{{ ansible_python_interpreter }}", "{{ spot_trainer }}"],
-                                     "args": ["--checkpoint-dir", ck, "--step-time", "0.01", *extra],
+                                     "args": [*args, *extra],
                                      "checkpoint_dir": ck, "workload_root": "{{ spot_workload_root }}"}},
-        {"spot.migration.checkpoint_info": {"path": ck, "wait_timeout": 30}}]})
+        {"spot.migration.checkpoint_info": {"path": ck, "wait_timeout": wait_timeout}}]})
 
 
 class Watcher:

@@ -32,6 +32,7 @@ from ._metadata import make_probe
 from ._notice import DEFAULT_EVICTING_KINDS, NoticeError, iso_utc
 from ._signing import NONCE_HEADER, SignatureError, load_secret, sign, verify
 from ._workload import WorkloadError, create_driver, ensure_fenced, request_checkpoint
+from ._workload import run_argv as _run
 
 __metaclass__ = type
 
@@ -67,13 +68,6 @@ def load_config(path):
         if not config.get(key):
             raise AgentError('agent config %s: %s is required' % (path, key))
     return config
-
-
-def _run(argv):
-    env = dict(os.environ, LC_ALL='C')
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out, err = proc.communicate()
-    return proc.returncode, out.decode('utf-8', 'replace'), err.decode('utf-8', 'replace')
 
 
 def _write_json(path, data):

@@ -22,13 +22,13 @@ from __future__ import absolute_import, division, print_function
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
 
 from . import _replica as rep
 from ._checkpoint import MANIFEST_NAME, CheckpointError
+from ._workload import run_argv
 
 __metaclass__ = type
 
@@ -57,17 +57,6 @@ def remote_script(request, lib_dir=None):
         with open(os.path.join(lib_dir, name + '.py')) as handle:
             sources.append((name, handle.read()))
     return 'SOURCES = %r\nREQUEST = %r\n%s' % (sources, request, _BOOT)
-
-
-def _run(argv, stdin=None, timeout=None):
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        out, err = proc.communicate(stdin.encode('utf-8') if stdin is not None else None, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        return -9, out.decode('utf-8', 'replace'), 'timed out after %ss' % timeout
-    return proc.returncode, out.decode('utf-8', 'replace'), err.decode('utf-8', 'replace')
 
 
 def low_priority():
@@ -115,7 +104,7 @@ class Follower:
     """Follows the workloads of the watcher's plan; ``tick`` copies what is new. ``report`` is what heartbeats
     carry. ``run`` is the same as a loop, in its own thread."""
 
-    def __init__(self, log, poll=0.5, run=_run, clock=time.time, timeout=3600.0, notify=None):
+    def __init__(self, log, poll=0.5, run=run_argv, clock=time.time, timeout=3600.0, notify=None):
         self.log = log
         self.poll = float(poll)
         self.run_cmd = run
@@ -141,8 +130,8 @@ class Follower:
         """Close the kept-open connections."""
         if self.control_dir is not None:
             for name in os.listdir(self.control_dir):
-                _run(['ssh', '-o', 'ControlPath=%s' % os.path.join(self.control_dir, name), '-O', 'exit', 'x'],
-                     timeout=10)
+                run_argv(['ssh', '-o', 'ControlPath=%s' % os.path.join(self.control_dir, name), '-O', 'exit', 'x'],
+                         timeout=10)
             shutil.rmtree(self.control_dir, ignore_errors=True)
             self.control_dir = None
 

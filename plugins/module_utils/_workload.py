@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 
@@ -38,6 +39,21 @@ class WorkloadError(Exception):
     def __init__(self, message, **details):
         super(WorkloadError, self).__init__(message)
         self.details = details
+
+
+def run_argv(argv, stdin=None, timeout=None):
+    """Run an argv list (never a shell) outside Ansible (the agent): ``(rc, stdout, stderr)`` as text, with ``LC_ALL=C``
+    so tools' messages parse the same everywhere; ``stdin`` text is fed in; past ``timeout`` seconds the process is
+    killed and rc is -9."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else None, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, LC_ALL='C'))
+    try:
+        out, err = proc.communicate(stdin.encode('utf-8') if stdin is not None else None, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return -9, out.decode('utf-8', 'replace'), 'timed out after %ss' % timeout
+    return proc.returncode, out.decode('utf-8', 'replace'), err.decode('utf-8', 'replace')
 
 
 def default_root():

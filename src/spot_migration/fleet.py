@@ -128,25 +128,28 @@ def _alive(pid: int, start_ticks: str | None = None) -> bool:
     return fields[0] != "Z" and (start_ticks is None or fields[19] == start_ticks)
 
 
-def _stop_pid(pid: int, timeout: float = 5.0) -> None:
-    """SIGTERM, wait, SIGKILL: by pid, never by name."""
-    if not _alive(pid):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+def _stop_pids(pids: list[int], timeout: float = 5.0) -> None:
+    """SIGTERM to all, wait up to ``timeout`` for all, SIGKILL what is left: by pid, never by name."""
+    pids = [pid for pid in pids if _alive(pid)]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if not _alive(pid):
-            _reap(pid)
-            return
+    while time.monotonic() < end and any(_alive(pid) for pid in pids):
         time.sleep(0.02)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _reap(pid)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _reap(pid)
+
+
+def _stop_pid(pid: int, timeout: float = 5.0) -> None:
+    _stop_pids([pid], timeout)
 
 
 def _reap(pid: int) -> None:
@@ -486,21 +489,8 @@ def kill_node(directory: Path, node_name: str) -> list[int]:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    for pid in sessions:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    end = time.monotonic() + 1.0
-    while time.monotonic() < end and any(_alive(pid) for pid in sessions):
-        time.sleep(0.05)
-    for pid in sessions:
-        if _alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for pid in victims + sessions:
+    _stop_pids(sessions, timeout=1.0)
+    for pid in victims:
         _reap(pid)
     return victims + sessions
 

@@ -8,6 +8,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
+from .. import module_utils
+
+SIGNING = module_utils("_signing")
+
 MAX_BODY = 256 * 1024
 
 
@@ -93,7 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
         except LookupError as exc:
             self._reply(404, {"error": str(exc)})
             return
-        self._reply(202, dict(answer, in_reply_to=self.headers.get("X-Spot-Nonce")), signed=True)
+        self._reply(202, dict(answer, in_reply_to=self.headers.get(SIGNING.NONCE_HEADER)), signed=True)
 
     def log_message(self, *args: Any) -> None:
         pass
