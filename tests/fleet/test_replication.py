@@ -81,7 +81,10 @@ def row(watcher) -> dict:
     return next((w for w in watcher.ledger.workloads() if w["name"] == NAME), {})
 
 
-def test_replication_keeps_up_and_shows_only_complete_replicas(rfleet, rplay, rwatcher):
+@pytest.fixture(scope="module")
+def rjob(rfleet, rplay, rwatcher):
+    """The trainer on node1, checkpointing every EVERY steps, with its first replica in place (the ledger row then).
+    Each test that needs it asks for it: pytest-xdist may run this module's tests on different workers."""
     ck_dir = "{{ spot_checkpoint_root }}/" + NAME
     rplay([{"spot.migration.workload": {
         "name": NAME, "runtime": "process", "gpus": 1, "checkpoint_dir": ck_dir,
@@ -90,7 +93,11 @@ def test_replication_keeps_up_and_shows_only_complete_replicas(rfleet, rplay, rw
                  "--size-mb", "4", "--progress", ck_dir + "/progress.json"],
         "workload_root": "{{ spot_workload_root }}"}},
         {"spot.migration.checkpoint_info": {"path": ck_dir, "wait_timeout": 30}}])
-    first = wait_for(lambda: row(rwatcher).get("replica_step") is not None and row(rwatcher), 90, "a first replica")
+    return wait_for(lambda: row(rwatcher).get("replica_step") is not None and row(rwatcher), 90, "a first replica")
+
+
+def test_replication_keeps_up_and_shows_only_complete_replicas(rfleet, rwatcher, rjob):
+    first = rjob
     replica = first["replica"]
     assert replica == "standby1", first  # the on-demand node ranks first: the next target the watcher would pick
     root = Path(first["replica_root"])
@@ -125,7 +132,7 @@ def test_replication_keeps_up_and_shows_only_complete_replicas(rfleet, rplay, rw
     assert reservations[f"replica/{NAME}"]["host"] == replica
 
 
-def test_without_an_agent_the_replicate_playbook_copies_the_same_way(rfleet, rplay):
+def test_without_an_agent_the_replicate_playbook_copies_the_same_way(rfleet, rplay, rjob):
     """The watcher's fallback for nodes whose agent is not heard from: one copy per playbook round."""
     root = Path(rfleet.node("node3").paths["checkpoints"]) / ".spot-replicas-pb" / NAME
     item = {"source": "node1", "workload": NAME, "replica": "node3", "replica_root": str(root), "last_step": -1,
@@ -155,7 +162,8 @@ def test_a_slow_node_is_not_declared_lost(rfleet, rwatcher):
     assert not [m for m in rwatcher.ledger.migrations() if m["source"] == "node2"]
 
 
-def test_a_vanished_node_costs_at_most_one_checkpoint_interval_and_its_copy_never_runs_again(rfleet, rplay, rwatcher):
+def test_a_vanished_node_costs_at_most_one_checkpoint_interval_and_its_copy_never_runs_again(rfleet, rplay, rwatcher,
+                                                                                           rjob):
     # Take the node away, as abruptly as hardware loss, at a moment when the replica holds the newest checkpoint on the
     # node's disk and the next one is not due yet: then everything lost is what was trained since that checkpoint.
     replica_root = Path(row(rwatcher)["replica_root"])
