@@ -162,8 +162,8 @@ def test_a_slow_node_is_not_declared_lost(rfleet, rwatcher):
     assert not [m for m in rwatcher.ledger.migrations() if m["source"] == "node2"]
 
 
-def test_a_vanished_node_costs_at_most_one_checkpoint_interval_and_its_copy_never_runs_again(rfleet, rplay, rwatcher,
-                                                                                           rjob):
+def test_a_vanished_node_costs_at_most_one_checkpoint_interval_and_its_copy_never_runs_again(
+        rfleet, rplay, rwatcher, rjob):
     # Take the node away, as abruptly as hardware loss, at a moment when the replica holds the newest checkpoint on the
     # node's disk and the next one is not due yet: then everything lost is what was trained since that checkpoint.
     replica_root = Path(row(rwatcher)["replica_root"])
