@@ -43,30 +43,11 @@ _value:
 '''
 
 
-def _rebase(value, old, new):
-    if isinstance(value, dict):
-        return dict((k, _rebase(v, old, new)) for k, v in value.items())
-    if isinstance(value, list):
-        return [_rebase(v, old, new) for v in value]
-    if isinstance(value, str):
-        if value == old:
-            return new
-        if value.startswith(old + '/'):
-            return new + value[len(old):]
-        if '=' in value:
-            # --flag=/old/root/x
-            head, _sep, tail = value.partition('=')
-            if tail == old or tail.startswith(old + '/'):
-                return head + '=' + new + tail[len(old):]
-    return value
+from ansible_collections.spot.migration.plugins.module_utils._migration import rebase
 
 
 def rebase_paths(value, old, new):
-    old = (old or '').rstrip('/')
-    new = (new or '').rstrip('/')
-    if not old or old == new:
-        return value
-    return _rebase(value, old, new)
+    return rebase(value, old, new)
 
 
 class FilterModule(object):

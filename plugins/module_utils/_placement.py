@@ -199,3 +199,31 @@ def release(path, owner, check_mode=False):
             del entries[owner]
             book.save(entries)
         return {'changed': True}
+
+
+def reserve_many(path, requests, candidates, min_free_memory_mb=0, ttl=900, check_mode=False, clock=time.time):
+    """One joint reservation for a wave of workloads: each request (``owner``, ``gpus``, ``exclude``, ``target``,
+    ``adopt``) reserved in turn, each under the lock and seeing the ones before it, so no GPU is promised twice. A
+    request that cannot be met is returned with its ``error`` and does not stop the others."""
+    results = []
+    for request in requests:
+        owner = request.get('owner')
+        if not owner:
+            raise PlacementError('reservation request %r has no owner' % (request,))
+        try:
+            if request.get('release_first'):
+                release(path, owner, check_mode)
+            done = reserve(path, owner, candidates, int(request.get('gpus') or 0), min_free_memory_mb,
+                           tuple(request.get('exclude') or ()), ttl, request.get('target') or None, check_mode, clock,
+                           adopt=request.get('adopt') or None)
+            done['error'] = None
+        except PlacementError as exc:
+            done = {'changed': False, 'target': None, 'gpus': [], 'ranked': exc.details.get('ranked', []),
+                    'rejected': exc.details.get('rejected', []), 'error': str(exc)}
+        done['owner'] = owner
+        done['name'] = request.get('name')
+        done['source'] = request.get('source')
+        done['reserved_at'] = clock()
+        results.append(done)
+    return results
+

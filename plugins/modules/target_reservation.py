@@ -30,9 +30,17 @@ options:
     type: path
     required: true
   owner:
-    description: Who holds the reservation (a migration id and workload).
+    description: Who holds the reservation (a migration id and workload). Required unless O(requests) is given.
     type: str
-    required: true
+  requests:
+    description:
+      - A joint reservation for many workloads at once (a wave of evictions), made in order under the lock so that no
+        GPU is promised twice. Each item has C(owner), C(gpus), and optionally C(name), C(exclude), C(target), C(adopt),
+        as the options of the same names.
+      - A request that cannot be met comes back with its C(error) and does not stop the others.
+      - With O(state=absent), each C(owner) is released.
+    type: list
+    elements: dict
   state:
     description: V(present) chooses and reserves; V(absent) releases.
     type: str
@@ -106,19 +114,33 @@ adopted:
   description: The owner whose reservation was taken over (see O(adopt)); absent when none was.
   returned: when a reservation was adopted
   type: str
+reservations:
+  description: With O(requests), one result per request, in order.
+  returned: when O(requests) is given
+  type: list
+  elements: dict
+  contains:
+    owner: {description: The request's owner., type: str}
+    name: {description: The request's name (a workload)., type: str}
+    target: {description: The chosen host (null when none could take it)., type: str}
+    gpus: {description: The GPU indices reserved., type: list, elements: int}
+    error: {description: Why no target could take it (null when one did)., type: str}
+    ranked: {description: Every qualifying host, best first., type: list, elements: dict}
+    rejected: {description: Every other host with the reason., type: list, elements: dict}
 '''
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.spot.migration.plugins.module_utils._common import fail_on_exception
-from ansible_collections.spot.migration.plugins.module_utils._placement import release, reserve
+from ansible_collections.spot.migration.plugins.module_utils._placement import release, reserve, reserve_many
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             path=dict(type='path', required=True),
-            owner=dict(type='str', required=True),
+            owner=dict(type='str'),
+            requests=dict(type='list', elements='dict'),
             state=dict(type='str', default='present', choices=['present', 'absent']),
             candidates=dict(type='list', elements='dict', default=[]),
             gpus=dict(type='int', default=1),
@@ -128,11 +150,21 @@ def main():
             ttl=dict(type='float', default=900.0),
             adopt=dict(type='str'),
         ),
+        required_one_of=[('owner', 'requests')],
+        mutually_exclusive=[('owner', 'requests')],
         supports_check_mode=True,
     )
     p = module.params
     with fail_on_exception(module):
-        if p['state'] == 'absent':
+        if p['requests'] is not None and p['state'] == 'absent':
+            done = [release(p['path'], r.get('owner'), module.check_mode) for r in p['requests'] if r.get('owner')]
+            result = {'changed': any(d['changed'] for d in done), 'rejected': [], 'reservations': []}
+        elif p['requests'] is not None:
+            reservations = reserve_many(p['path'], p['requests'], p['candidates'], p['min_free_memory_mb'], p['ttl'],
+                                        module.check_mode)
+            result = {'changed': any(r['changed'] for r in reservations), 'reservations': reservations,
+                      'rejected': [x for r in reservations for x in r['rejected']]}
+        elif p['state'] == 'absent':
             result = release(p['path'], p['owner'], module.check_mode)
             result['rejected'] = []
         else:

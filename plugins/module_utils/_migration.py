@@ -1,0 +1,474 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) spot.migration contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A migration as a handful of coarse, idempotent steps (the modules migration_source and migration_target are thin
+shells over these):
+
+- source ``checkpoint``: list the workloads to move and ask each for an emergency checkpoint (all at once), within the
+  deadline; nothing is stopped yet (a migration without a target must leave the job running);
+- source ``release``: stop each workload, take its newest complete checkpoint, seal it with a manifest and push it to
+  its target's staging directory (one :mod:`_transfer` call); a workload whose checkpoint cannot be sealed is started
+  again where it was;
+- target ``place``: verify the staged copy against its manifest, rename it into place, start the workload from it;
+- target ``progress``: wait for a checkpoint with a step beyond the resumed one.
+
+Every result carries ``migration``: ``{id, step, source, workloads: {name: {...}}}``, the data the watcher follows
+(never task names). No Ansible imports: commands go through ``run(argv) -> (rc, stdout, stderr)``.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import os
+import re
+import shutil
+import threading
+import time
+
+from ._checkpoint import CheckpointError, find_checkpoint, read_manifest, seal, verify, wait_for_checkpoint
+from ._transfer import Endpoint, TransferError, create_transfer
+from ._workload import (RUNTIMES, WorkloadError, build_spec, check_fence, create_driver, ensure_absent,
+                        ensure_checkpointed, ensure_started, ensure_stopped, public)
+
+__metaclass__ = type
+
+ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,159}$')
+STAGING = '.spot-staging'
+SPEC_PARAMS = ('name', 'runtime', 'image', 'command', 'args', 'resume_arg', 'env', 'volumes', 'checkpoint_dir',
+               'checkpoint_signal', 'checkpoint_command', 'workdir')
+
+
+class MigrationError(Exception):
+    """A step failed; the message names the workload, the node or the value at fault and what to do."""
+
+    def __init__(self, message, **details):
+        super(MigrationError, self).__init__(message)
+        self.details = details
+
+
+def iso(epoch=None):
+    epoch = time.time() if epoch is None else epoch
+    return time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(epoch)) + '.%06dZ' % int((epoch % 1) * 1e6)
+
+
+# ---------------------------------------------------------------------------- values that become paths
+
+def check_id(value, what='migration_id'):
+    """An id that becomes one path component (staging directory, record name): letters, digits and ``._:+-``, never
+    ``..``, never a separator. Raises MigrationError naming the value."""
+    text = '' if value is None else str(value)
+    if not ID_RE.match(text) or '..' in text:
+        raise MigrationError('%s %r is not allowed: it becomes a directory name, so use letters, digits and "._:+-" '
+                             '(up to 160, starting with a letter or digit, no "..")' % (what, text), value=text)
+    return text
+
+
+def check_root(path, what='checkpoint root'):
+    """An absolute directory path without ``..`` components; returned normalised."""
+    text = '' if path is None else str(path)
+    if not text.startswith('/') or '..' in text.split('/') or '\0' in text:
+        raise MigrationError('%s %r must be an absolute path without ".." components' % (what, text), value=text)
+    return os.path.normpath(text)
+
+
+def inside(root, path, what='path'):
+    """``path`` resolved (symlinks followed) must stay under ``root`` resolved; returns the normalised path."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip('/') + '/'):
+        raise MigrationError('%s %s resolves to %s, outside %s: refusing to write or remove it'
+                             % (what, path, real, real_root), path=path, root=root)
+    return os.path.normpath(path)
+
+
+def staging_dir(root, migration_id):
+    """``<root>/.spot-staging/<migration id>``, checked to stay under ``root``."""
+    root = check_root(root)
+    return inside(root, os.path.join(root, STAGING, check_id(migration_id)), 'staging directory')
+
+
+def _rebase(value, old, new):
+    if isinstance(value, dict):
+        return dict((k, _rebase(v, old, new)) for k, v in value.items())
+    if isinstance(value, list):
+        return [_rebase(v, old, new) for v in value]
+    if isinstance(value, str):
+        if value == old:
+            return new
+        if value.startswith(old + '/'):
+            return new + value[len(old):]
+        if '=' in value:
+            # --flag=/old/root/x
+            head, _sep, tail = value.partition('=')
+            if tail == old or tail.startswith(old + '/'):
+                return head + '=' + new + tail[len(old):]
+    return value
+
+
+def rebase(value, old, new):
+    """Every string in ``value`` that is ``old``, starts with ``old/`` or is ``--flag=old/...`` moved under ``new``
+    (a workload spec from one node's checkpoint root to another's). An empty or equal ``old`` changes nothing."""
+    old = (old or '').rstrip('/')
+    new = (new or '').rstrip('/')
+    if not old or old == new:
+        return value
+    return _rebase(value, old, new)
+
+
+# ---------------------------------------------------------------------------- workloads
+
+def drivers(run, which, workload_root=None, container_cli=None, runtimes=None, warn=None):
+    """{runtime: driver} for the runtimes present on this node (process always)."""
+    found = {}
+    for runtime in runtimes or RUNTIMES:
+        if runtime != 'process' and not runtimes and not (container_cli or which(runtime)):
+            continue
+        try:
+            found[runtime] = create_driver(runtime, run, which, workload_root, container_cli)
+        except WorkloadError as exc:
+            if warn:
+                warn('%s not usable: %s' % (runtime, exc))
+    return found
+
+
+def list_workloads(by_runtime, warn=None):
+    """Every workload on the node, with its spec: ``[{name, runtime, running, spec, ...}]``."""
+    out = []
+    for runtime, driver in sorted(by_runtime.items()):
+        try:
+            names = driver.names()
+        except WorkloadError as exc:
+            if warn:
+                warn('%s not listed: %s' % (runtime, exc))
+            continue
+        for name in names:
+            state = driver.status(name)
+            if state:
+                out.append(public(state, keep_spec=True))
+    return out
+
+
+def _parallel(func, items):
+    """``func(item)`` for every item at once (threads); results in order. Exceptions are returned, not raised."""
+    results = [None] * len(items)
+
+    def one(index, item):
+        try:
+            results[index] = func(item)
+        except Exception as exc:  # noqa: BLE001 - reported per item by the caller
+            results[index] = exc
+    threads = [threading.Thread(target=one, args=(i, item)) for i, item in enumerate(items)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+# ---------------------------------------------------------------------------- source: checkpoint
+
+def source_checkpoint(by_runtime, migration_id, source, names, include_stopped, deadline, safety_margin, signalled_at,
+                      check_mode, warn=None):
+    """Choose the workloads to move and ask each running one for an emergency checkpoint, all at once, within
+    ``deadline - safety_margin`` seconds. Nothing is stopped."""
+    migration_id = check_id(migration_id)
+    found = list_workloads(by_runtime, warn)
+    wanted = list(names or [])
+    if wanted:
+        moving = [w for w in found if w['name'] in wanted and (w['running'] or include_stopped)]
+        missing = [n for n in wanted if n not in [w['name'] for w in moving]]
+        if missing:
+            raise MigrationError('not %s on %s: %s (running: %s)'
+                                 % ('here' if include_stopped else 'running', source, ', '.join(missing),
+                                    ', '.join(w['name'] for w in found if w['running']) or 'none'), missing=missing)
+    else:
+        moving = [w for w in found if w['running']]
+    budget = max(float(deadline) - float(safety_margin), 1.0)
+
+    def ask(w):
+        if not w['running']:
+            return None
+        return ensure_checkpointed(by_runtime[w['runtime']], w['name'], check_mode, deadline=budget,
+                                   signalled_at=signalled_at)
+    answers = _parallel(ask, moving)
+    rows = {}
+    for w, answer in zip(moving, answers):
+        if isinstance(answer, Exception):
+            rows[w['name']] = {'emergency_ok': False, 'emergency_error': str(answer)}
+        elif answer is None:
+            rows[w['name']] = {'emergency_ok': False, 'emergency_error': 'already stopped (an earlier run stopped it)'}
+        else:
+            ckpt = answer.get('checkpoint') or {}
+            rows[w['name']] = {'emergency_ok': bool(ckpt) or check_mode, 'emergency_step': ckpt.get('step'),
+                               'emergency_checkpoint': ckpt.get('checkpoint'), 'signal': ckpt.get('signal')}
+        rows[w['name']].update({'runtime': w['runtime'], 'gpus': len((w.get('spec') or {}).get('gpus') or [])})
+    return {
+        'changed': any(not isinstance(a, Exception) and a is not None and a.get('changed') for a in answers),
+        'moving': moving,
+        'deadline': float(deadline),
+        'checkpointed_at': iso(),
+        'migration': {'id': migration_id, 'step': 'checkpointed', 'source': source, 'workloads': rows},
+    }
+
+
+# ---------------------------------------------------------------------------- source: release (stop, seal, push)
+
+def _seal_one(driver, workload, check_mode, stop_timeout):
+    stopped = ensure_stopped(driver, workload['name'], check_mode, stop_timeout)
+    directory = workload['spec'].get('checkpoint_dir')
+    if not directory:
+        raise MigrationError('workload %s has no checkpoint_dir: nothing to move' % workload['name'])
+    newest = find_checkpoint(directory)
+    sealed = seal(newest['checkpoint'], check_mode=check_mode, fmt=newest['format'], step=newest['step'])
+    return {'checkpoint': newest['checkpoint'], 'format': newest['format'], 'step': newest['step'],
+            'bytes': newest['size_bytes'], 'is_dir': os.path.isdir(newest['checkpoint']),
+            'stopped_by': stopped.get('stopped_by'), 'sealed_changed': sealed['changed'], 'verified_at': iso()}
+
+
+def _restart_here(driver, workload, check_mode, resume_from=None):
+    """Start ``workload`` again on this node with its own spec (from ``resume_from`` when given): a migration that
+    stopped it and could not place it anywhere must not leave the job down."""
+    spec = dict(workload['spec'])
+    if resume_from:
+        spec['resume_from'] = resume_from
+    return ensure_started(driver, spec, check_mode, recreate=True)
+
+
+def endpoint(value, what):
+    if not isinstance(value, dict) or not value.get('host') or not isinstance(value.get('ssh'), list):
+        raise MigrationError('%s %r needs host and ssh (an argv list)' % (what, value))
+    return Endpoint(value['host'], value['ssh'], value.get('root'), value.get('name'))
+
+
+def push_one(transfer, row, assignment, migration_id, run):
+    """One sealed checkpoint into its target's staging directory. Fills ``row`` (transfer fields); never raises."""
+    target = endpoint(assignment, 'target of %s' % row['name'])
+    root = assignment.get('root') or os.path.dirname(row['checkpoint'])
+    row['target'] = target.name
+    row['transfer_started_at'] = iso()
+    try:
+        staging = staging_dir(root, migration_id) if transfer.kind != 'shared' else os.path.dirname(row['checkpoint'])
+        link = None
+        if transfer.kind == 'rsync' and assignment.get('replica_root'):
+            link = transfer.replica_checkpoint(target, check_root(assignment['replica_root'], 'replica root'))
+        done = transfer.send(row['checkpoint'], row['is_dir'], row['bytes'], target, staging, link_dest=link)
+    except (TransferError, MigrationError) as exc:
+        row.update({'transfer_error': str(exc), 'transferred_at': None, 'staged': None})
+        return row
+    row.update({'staged': done['staged'], 'staging': staging, 'transferred_at': iso(), 'transfer_seconds': done['seconds'],
+                'linked_from': done['linked_from'], 'transfer_error': None, 'transfer': transfer.kind})
+    return row
+
+
+def source_release(by_runtime, run, migration_id, source, moving, assignments, transfer_kind, check_mode,
+                   stop_timeout=30.0, emergency=None):
+    """Stop, take the newest complete checkpoint, seal it and (rsync, shared) push it to the assigned target, for
+    every workload in ``assignments``. A workload that cannot be sealed is started again here; one whose transfer
+    failed is listed in ``failed_transfers`` (the playbook tries the next target)."""
+    migration_id = check_id(migration_id)
+    by_name = dict((w['name'], w) for w in moving)
+    transfer = create_transfer(transfer_kind if transfer_kind in ('rsync', 'shared') else 'shared', run)
+    rows, errors = {}, []
+    for name in sorted(assignments):
+        w = by_name.get(name)
+        if w is None:
+            raise MigrationError('workload %s was assigned a target but is not among those moving off %s (%s)'
+                                 % (name, source, ', '.join(sorted(by_name)) or 'none'))
+        driver = by_runtime[w['runtime']]
+        row = {'name': name}
+        row.update((emergency or {}).get(name) or {})
+        try:
+            row.update(_seal_one(driver, w, check_mode, stop_timeout))
+        except (CheckpointError, MigrationError, WorkloadError) as exc:
+            restarted = None
+            try:
+                restarted = _restart_here(driver, w, check_mode)['workload']
+            except WorkloadError as again:
+                errors.append('%s: could not be started again on %s either: %s' % (name, source, again))
+            row.update({'error': 'no checkpoint to move: %s' % exc, 'restarted_on_source': bool(restarted)})
+            errors.append('%s: %s; %s' % (name, exc, 'started again on %s' % source if restarted else 'it is stopped'))
+            rows[name] = row
+            continue
+        if check_mode or transfer_kind == 'relay':
+            row.update({'target': assignments[name].get('name'), 'staged': None, 'transfer_error': None})
+        else:
+            push_one(transfer, row, assignments[name], migration_id, run)
+        rows[name] = row
+    failed = sorted(n for n, r in rows.items() if r.get('transfer_error'))
+    return {
+        'changed': not check_mode and bool(rows),
+        'sealed': [rows[n] for n in sorted(rows)],
+        'failed_transfers': failed,
+        'errors': errors,
+        'migration': {'id': migration_id, 'step': 'transferred' if not failed else 'transfer_failed', 'source': source,
+                      'workloads': rows},
+    }
+
+
+def source_transfer(run, migration_id, source, sealed, assignments, transfer_kind, source_endpoint=None):
+    """Move already sealed checkpoints (``sealed`` rows from ``source_release``) to ``assignments``: the relay from the
+    controller, or the push to a next target after the first failed."""
+    migration_id = check_id(migration_id)
+    transfer = create_transfer(transfer_kind, run,
+                               source=endpoint(source_endpoint, 'source') if transfer_kind == 'relay' else None)
+    rows = {}
+    for row in sealed:
+        if row['name'] not in assignments or row.get('error'):
+            continue
+        rows[row['name']] = push_one(transfer, dict(row), assignments[row['name']], migration_id, run)
+    failed = sorted(n for n, r in rows.items() if r.get('transfer_error'))
+    return {'changed': bool(rows), 'sealed': [rows[n] for n in sorted(rows)], 'failed_transfers': failed,
+            'migration': {'id': migration_id, 'step': 'transferred' if not failed else 'transfer_failed',
+                          'source': source, 'workloads': rows}}
+
+
+def source_cleanup(by_runtime, migration_id, source, names, check_mode, stop_timeout=10.0):
+    """After the target copy runs: nothing moved may remain here."""
+    migration_id = check_id(migration_id)
+    found = dict((w['name'], w) for w in list_workloads(by_runtime))
+    removed = {}
+    for name in names:
+        w = found.get(name)
+        if w is None:
+            continue
+        done = ensure_absent(by_runtime[w['runtime']], name, check_mode, stop_timeout)
+        removed[name] = {'removed': done['changed'], 'stopped_by': done.get('stopped_by')}
+    return {'changed': any(r['removed'] for r in removed.values()),
+            'migration': {'id': migration_id, 'step': 'cleaned', 'source': source, 'workloads': removed}}
+
+
+def source_restart(by_runtime, migration_id, source, moving, sealed, check_mode):
+    """Nothing could be placed anywhere: start each stopped workload again here, from its sealed checkpoint."""
+    migration_id = check_id(migration_id)
+    by_name = dict((w['name'], w) for w in moving)
+    rows = {}
+    for row in sealed:
+        w = by_name.get(row['name'])
+        if w is None:
+            continue
+        try:
+            state = _restart_here(by_runtime[w['runtime']], w, check_mode, row.get('checkpoint'))
+            rows[row['name']] = {'restarted_on_source': True, 'resumed_step': row.get('step'),
+                                 'workload': state['workload']}
+        except WorkloadError as exc:
+            rows[row['name']] = {'restarted_on_source': False, 'error': str(exc)}
+    return {'changed': bool(rows) and not check_mode,
+            'migration': {'id': migration_id, 'step': 'restarted_on_source', 'source': source, 'workloads': rows}}
+
+
+# ---------------------------------------------------------------------------- target: place and progress
+
+def target_spec(placement, here_root):
+    """The workload's spec on this node: paths moved from the source's checkpoint root to this node's (not for
+    shared storage, mounted at the same path everywhere)."""
+    spec = placement.get('spec') or {}
+    if placement.get('transfer') == 'shared':
+        return dict(spec)
+    return rebase(dict(spec), placement.get('source_root') or '', here_root or '')
+
+
+def _put_in_place(staged, final, is_dir, staging, check_mode):
+    """Verified staged copy -> final name (manifest first for a file, then the checkpoint: atomic renames on one
+    file system); the staging directory removed. Idempotent: a copy already in place is verified instead."""
+    if os.path.exists(final) and not os.path.exists(staged):
+        checked = verify(final)
+        return checked, False
+    checked = verify(staged)
+    if check_mode:
+        return checked, True
+    parent = os.path.dirname(final)
+    if not os.path.isdir(parent):
+        os.makedirs(parent, 0o750)
+    if not is_dir:
+        os.rename(staged + '.spot-manifest.json', final + '.spot-manifest.json')
+    if os.path.isdir(final) and is_dir:
+        shutil.rmtree(final)  # an older copy of the same step: the verified one replaces it
+    os.rename(staged, final)
+    shutil.rmtree(staging, ignore_errors=True)
+    return checked, True
+
+
+def target_place(run, which, migration_id, here, placements, here_root, check_mode, workload_root=None,
+                 container_cli=None):
+    """Verify, rename into place and start each workload assigned here."""
+    migration_id = check_id(migration_id)
+    root = check_root(here_root, 'checkpoint root of %s' % here) if here_root else None
+    rows, changed = {}, False
+    for p in placements:
+        name = p['name']
+        mid = check_id(p.get('migration_id') or migration_id)
+        spec = target_spec(p, root)
+        build_spec(dict(spec, resume_from=None))  # a bad spec fails here, before anything is renamed
+        final_dir = check_root(spec.get('checkpoint_dir'), 'checkpoint_dir of %s' % name)
+        base = os.path.basename(p['checkpoint'].rstrip('/'))
+        if p.get('transfer') == 'shared':
+            staged = final = p['checkpoint']
+            checked = verify(final)
+            moved = False
+        else:
+            staging = staging_dir(root or os.path.dirname(final_dir), mid)
+            staged = os.path.join(staging, base)
+            final = inside(final_dir, os.path.join(final_dir, base), 'checkpoint of %s' % name)
+            if check_mode and not os.path.exists(staged):
+                rows[name] = {'checkpoint': final, 'verified_at': None, 'step': p.get('step'), 'migration_id': mid,
+                              'source': p.get('source')}
+                changed = True
+                continue
+            checked, moved = _put_in_place(staged, final, p.get('is_dir'), staging, check_mode)
+        verified_at = iso()
+        driver = create_driver(spec.get('runtime') or 'process', run, which, workload_root, container_cli)
+        unfenced = check_fence(workload_root, name, True, check_mode)
+        desired = build_spec(dict((k, spec.get(k)) for k in SPEC_PARAMS if spec.get(k) is not None))
+        desired.update({'resume_from': final, 'gpus': [int(g) for g in p.get('gpus') or []]})
+        started_at = time.time()
+        started = ensure_started(driver, desired, check_mode, recreate=False)
+        changed = changed or moved or started['changed'] or unfenced
+        rows[name] = {'checkpoint': final, 'step': checked.get('step', p.get('step')), 'verified_at': verified_at,
+                      'started_at': iso(started_at), 'started_epoch': started_at, 'checkpoint_dir': final_dir,
+                      'bytes_verified': checked.get('total_bytes'), 'workload': started.get('workload'),
+                      'migration_id': mid, 'source': p.get('source'), 'owner': p.get('owner')}
+    return {'changed': changed, 'placed': rows,
+            'migration': {'id': migration_id, 'step': 'started', 'target': here, 'workloads': rows}}
+
+
+def target_progress(migration_id, here, placed, timeout, check_mode):
+    """Wait, for every workload started here, for a complete checkpoint whose step is beyond the resumed one (a
+    checkpoint a job writes at start-up, of the step it resumed from, is not progress)."""
+    migration_id = check_id(migration_id)
+    rows, errors = {}, []
+    if check_mode:
+        return {'changed': False, 'progress': {}, 'migration': {'id': migration_id, 'step': 'running', 'target': here,
+                                                                 'workloads': {}}}
+    deadline = time.time() + float(timeout)
+
+    def beyond(name, info):
+        resumed = info.get('step')
+        while True:
+            try:
+                found = wait_for_checkpoint(info['checkpoint_dir'], wait_timeout=max(deadline - time.time(), 0.0),
+                                            interval=0.2, newer_than=float(info.get('started_epoch') or 0) - 0.001)
+            except CheckpointError as exc:
+                raise MigrationError('%s made no progress on %s within %s s: %s' % (name, here, timeout, exc))
+            if resumed is None or found.get('step') is None or int(found['step']) > int(resumed):
+                return found
+            if time.time() >= deadline:
+                raise MigrationError('%s on %s wrote only checkpoints of the step it resumed from (%s) within %s s'
+                                     % (name, here, resumed, timeout))
+            time.sleep(0.2)
+    names = sorted(placed)
+    answers = _parallel(lambda n: beyond(n, placed[n]), names)
+    for name, answer in zip(names, answers):
+        if isinstance(answer, Exception):
+            errors.append(str(answer))
+            rows[name] = {'error': str(answer)}
+        else:
+            rows[name] = {'first_new_step': answer.get('step'), 'first_new_checkpoint_at': answer.get('mtime'),
+                          'resumed_at': iso()}
+    return {'changed': False, 'progress': rows, 'errors': errors,
+            'migration': {'id': migration_id, 'step': 'running', 'target': here, 'workloads': rows}}
+
+
+def manifest_step(checkpoint):
+    """The step a sealed checkpoint's manifest names (None when unsealed)."""
+    manifest = read_manifest(checkpoint)
+    return manifest.get('step') if manifest else None

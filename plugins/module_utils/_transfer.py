@@ -1,0 +1,195 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) spot.migration contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Moving a sealed checkpoint from one node to another: one small abstract class, one factory.
+
+- :class:`RsyncPush`: the source pushes to the target with rsync over SSH (node to node), optionally hard-linking
+  unchanged files from a replica already on the target (``--link-dest``, the replica fast path).
+- :class:`Relay`: the controller pulls from the source and pushes to the target (fleets without node-to-node SSH).
+- :class:`Shared`: shared storage mounted at the same path everywhere; nothing moves.
+
+The agent's continuous replication builds its rsync command lines with :func:`rsync_argv` too. No Ansible imports:
+commands go through a ``run(argv) -> (rc, stdout, stderr)`` callable; everything is argv lists.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import json
+import os
+import shlex
+import shutil
+import tempfile
+import time
+
+from ._checkpoint import MANIFEST_NAME
+
+__metaclass__ = type
+
+KINDS = ('rsync', 'relay', 'shared')
+
+
+class TransferError(Exception):
+    """A transfer failed; the message names the checkpoint, the target and the tool's own words."""
+
+    def __init__(self, message, **details):
+        super(TransferError, self).__init__(message)
+        self.details = details
+
+
+def rsync_rsh(argv):
+    """``argv`` as one ``rsync --rsh`` string: rsync splits it on spaces itself and honours single or double quotes
+    (no backslashes), so an argument with a space is quoted with whichever quote it does not contain."""
+    words = []
+    for arg in argv:
+        if not any(c in arg for c in ' \'"'):
+            words.append(arg)
+        elif "'" not in arg:
+            words.append("'%s'" % arg)
+        elif '"' not in arg:
+            words.append('"%s"' % arg)
+        else:
+            raise ValueError('ssh argument %r has both quote characters; rsync --rsh cannot carry it' % arg)
+    return ' '.join(words)
+
+
+def rsync_argv(sources, dest, ssh, link_dest=None, bwlimit=0, prefix=(), partial=False, extra=()):
+    """The one rsync command line: whole files (checkpoints do not delta-compress), archive mode, the destination's
+    parents made, SSH given as an argv list. ``link_dest``: hard-link files unchanged to the nanosecond from there."""
+    argv = list(prefix) + ['rsync', '--archive', '--whole-file', '--mkpath']
+    if partial:
+        argv.append('--partial')
+    argv += ['--rsh', rsync_rsh(list(ssh))]
+    if int(bwlimit or 0) > 0:
+        argv.append('--bwlimit=%d' % int(bwlimit))
+    if link_dest:
+        argv += ['--modify-window=-1', '--link-dest=%s' % link_dest]
+    return argv + list(extra) + list(sources) + [dest]
+
+
+def checkpoint_files(checkpoint, is_dir):
+    """What moves for one sealed checkpoint: a directory as its contents; a file with its manifest beside it."""
+    if is_dir:
+        return [checkpoint.rstrip('/') + '/']
+    return [checkpoint, checkpoint + MANIFEST_NAME]
+
+
+def staged_path(staging, checkpoint):
+    """Where ``checkpoint`` lands in a target's staging directory."""
+    return os.path.join(staging, os.path.basename(checkpoint.rstrip('/')))
+
+
+class Endpoint:
+    """A node as an SSH destination: ``ssh`` argv (without the host), the host to give it, the node's checkpoint
+    root."""
+
+    def __init__(self, host, ssh, root=None, name=None):
+        self.host = host
+        self.ssh = list(ssh)
+        self.root = root
+        self.name = name or host
+
+
+class Transfer:
+    """Moves one sealed checkpoint into a staging directory on a target. ``send`` returns
+    ``{'staged', 'bytes', 'seconds', 'linked_from'}`` or raises :class:`TransferError`."""
+
+    kind = None
+
+    def send(self, checkpoint, is_dir, size, target, staging, link_dest=None):
+        raise NotImplementedError
+
+
+class RsyncPush(Transfer):
+    """Node to node: runs on the source."""
+
+    kind = 'rsync'
+
+    def __init__(self, run, timeout=None):
+        self.run = run
+        self.timeout = timeout
+
+    def replica_checkpoint(self, target, root):
+        """The newest published replica's checkpoint path on ``target`` (its ``latest.json``), or None. One SSH
+        command with a quoted, validated path, no Ansible round trip."""
+        argv = list(target.ssh) + [target.host, 'cat -- %s' % shlex.quote(os.path.join(root, 'latest.json'))]
+        rc, out, _err = self.run(argv)
+        if rc != 0:
+            return None
+        try:
+            latest = json.loads(out)
+        except ValueError:
+            return None
+        path = latest.get('checkpoint') if isinstance(latest, dict) else None
+        return path if isinstance(path, str) and path.startswith(root.rstrip('/') + '/') else None
+
+    def send(self, checkpoint, is_dir, size, target, staging, link_dest=None):
+        start = time.time()
+        staged = staged_path(staging, checkpoint)
+        dest = '%s:%s/' % (target.host, staged if is_dir else staging)
+        # A directory's contents go into staging/<its name>/ so that --link-dest can point at a replica's own
+        # checkpoint directory, whatever its name.
+        linked = link_dest if link_dest and is_dir else (os.path.dirname(link_dest) if link_dest else None)
+        argv = rsync_argv(checkpoint_files(checkpoint, is_dir), dest, target.ssh, link_dest=linked, partial=True)
+        rc, out, err = self.run(argv)
+        if rc != 0:
+            raise TransferError('rsync of %s to %s:%s failed (exit %s): %s'
+                                % (checkpoint, target.name, staging, rc, (err or out).strip()[-600:]),
+                                rc=rc, target=target.name, argv=argv)
+        return {'staged': staged, 'bytes': size, 'seconds': round(time.time() - start, 3), 'linked_from': linked,
+                'kind': self.kind}
+
+
+class Relay(Transfer):
+    """Through the controller: runs there; pulls from ``source`` into a private temporary directory, pushes on."""
+
+    kind = 'relay'
+
+    def __init__(self, run, source):
+        self.run = run
+        self.source = source
+
+    def _rsync(self, argv, checkpoint, target):
+        rc, out, err = self.run(argv)
+        if rc != 0:
+            raise TransferError('relay of %s (%s -> controller -> %s) failed (exit %s): %s'
+                                % (checkpoint, self.source.name, target.name, rc, (err or out).strip()[-600:]),
+                                rc=rc, target=target.name)
+
+    def send(self, checkpoint, is_dir, size, target, staging, link_dest=None):
+        start = time.time()
+        tmp = tempfile.mkdtemp(prefix='spot-relay-')
+        try:
+            name = os.path.basename(checkpoint.rstrip('/'))
+            pulled = ['%s:%s' % (self.source.host, p.rstrip('/')) for p in checkpoint_files(checkpoint, is_dir)]
+            self._rsync(rsync_argv(pulled, tmp + '/', self.source.ssh, partial=True), checkpoint, target)
+            here = [os.path.join(tmp, n) for n in sorted(os.listdir(tmp))]
+            if not here:
+                raise TransferError('relay of %s: nothing was pulled from %s' % (checkpoint, self.source.name))
+            self._rsync(rsync_argv(here, '%s:%s/' % (target.host, staging), target.ssh, partial=True), checkpoint, target)
+            return {'staged': os.path.join(staging, name), 'bytes': size, 'seconds': round(time.time() - start, 3),
+                    'linked_from': None, 'kind': self.kind}
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Shared(Transfer):
+    """Shared storage: the checkpoint is already where the target will read it."""
+
+    kind = 'shared'
+
+    def send(self, checkpoint, is_dir, size, target, staging, link_dest=None):
+        return {'staged': checkpoint, 'bytes': 0, 'seconds': 0.0, 'linked_from': None, 'kind': self.kind}
+
+
+def create_transfer(kind, run, source=None, timeout=None):
+    """The one factory for transfers."""
+    if kind == 'rsync':
+        return RsyncPush(run, timeout)
+    if kind == 'relay':
+        if source is None:
+            raise TransferError('transfer relay needs the source node as an endpoint')
+        return Relay(run, source)
+    if kind == 'shared':
+        return Shared()
+    raise TransferError('transfer must be one of %s, not %r' % (', '.join(KINDS), kind))

@@ -1,0 +1,239 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) spot.migration contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: migration_source
+short_description: The source side of a migration, in coarse steps (checkpoint, release, transfer, cleanup, restart)
+version_added: 1.1.0
+description:
+  - One call per step of a migration on the node being taken away, so that a migration is a handful of SSH round
+    trips. The M(spot.migration.migrate) playbook is the sequencer; the logic lives in the collection's module_utils.
+  - V(checkpoint) lists the workloads to move and asks every running one for an emergency checkpoint at the same time,
+    within O(deadline) minus O(safety_margin) seconds. Nothing is stopped, so a migration that finds no target leaves
+    the job running.
+  - V(release) stops each workload in O(assignments), takes its newest complete checkpoint (the emergency one when it
+    came in time), seals it with a sha256 manifest and, for O(transfer=rsync), pushes it into the target's staging
+    directory (C(<root>/.spot-staging/<migration_id>)). A workload whose checkpoint cannot be sealed is started again
+    here. A failed push is reported in C(failed_transfers), not raised, so the others go on.
+  - V(transfer) moves already sealed checkpoints (O(sealed)): a push to a next target after the first failed, or the
+    relay through the controller (O(transfer=relay), run with C(delegate_to=localhost)).
+  - V(cleanup) removes the moved workloads from the source once they run on their targets.
+  - V(restart) starts stopped workloads again here, from their sealed checkpoints, when nothing could be placed.
+  - Every result has C(migration), the data the watcher follows (C(id), C(step), C(source), C(workloads)).
+author:
+  - spot.migration contributors (@spot-migration)
+extends_documentation_fragment:
+  - spot.migration.attributes
+attributes:
+  diff_mode:
+    support: none
+options:
+  step:
+    description: Which step to run.
+    type: str
+    required: true
+    choices: [checkpoint, release, transfer, cleanup, restart]
+  migration_id:
+    description:
+      - The migration's id; it becomes the staging directory's name, so only letters, digits and C(._:+-) are
+        allowed (never C(..) or C(/)).
+    type: str
+    required: true
+  source:
+    description: The source's inventory name, for messages and the result.
+    type: str
+    required: true
+  workloads:
+    description: Names of the workloads to move; empty means every workload running here.
+    type: list
+    elements: str
+    default: []
+  include_stopped:
+    description: Also move the named O(workloads) that are stopped here (a migration resumed after its runner died).
+    type: bool
+    default: false
+  deadline:
+    description: Seconds left before the node goes away; default from the metadata service's notice, else O(default_deadline).
+    type: float
+  default_deadline:
+    description: Deadline when neither O(deadline) nor the notice gives one.
+    type: float
+    default: 30
+  safety_margin:
+    description: Seconds kept back from the deadline when waiting for the emergency checkpoint.
+    type: float
+    default: 5
+  signalled_at:
+    description: Unix time at which the workloads were already asked to checkpoint (by the eviction agent).
+    type: float
+  provider:
+    description: The metadata service's dialect, read for the deadline when O(deadline) is not given.
+    type: str
+    choices: [auto, aws, gcp, azure]
+    default: auto
+  metadata_url:
+    description: Base URL of the metadata service (tests, simulators, unusual clouds).
+    type: str
+  moving:
+    description: The C(moving) list the V(checkpoint) step returned (the workloads with their specs).
+    type: list
+    elements: dict
+    default: []
+  assignments:
+    description:
+      - Workload name to its target, C({name, host, ssh, root, replica_root}), C(ssh) an argv list without the host
+        (see P(spot.migration.migration_endpoint#filter)).
+    type: dict
+    default: {}
+  transfer:
+    description: V(rsync) pushes node to node; V(relay) goes through the controller; V(shared) moves nothing.
+    type: str
+    choices: [rsync, relay, shared]
+    default: rsync
+  sealed:
+    description: The C(sealed) list of an earlier V(release) (V(transfer), V(restart)).
+    type: list
+    elements: dict
+    default: []
+  source_endpoint:
+    description: The source as an SSH endpoint for the relay, C({name, host, ssh}).
+    type: dict
+  stop_timeout:
+    description: Seconds a workload has to exit after SIGTERM (or its container's stop) before it is killed.
+    type: float
+    default: 30
+  workload_root:
+    description: Where process workloads keep their state (default as M(spot.migration.workload)).
+    type: path
+  container_cli:
+    description: Path of the container CLI, when not on PATH.
+    type: path
+'''
+
+EXAMPLES = r'''
+- name: Emergency checkpoint of everything running here
+  spot.migration.migration_source:
+    step: checkpoint
+    migration_id: "{{ migration_id }}"
+    source: "{{ inventory_hostname }}"
+    deadline: 25
+  register: checkpointed
+
+- name: Stop, seal and push to the reserved targets
+  spot.migration.migration_source:
+    step: release
+    migration_id: "{{ migration_id }}"
+    source: "{{ inventory_hostname }}"
+    moving: "{{ checkpointed.moving }}"
+    assignments: "{{ assignments }}"
+'''
+
+RETURN = r'''
+migration:
+  description: What this step did, as the watcher reads it.
+  returned: always
+  type: dict
+  contains:
+    id: {description: The migration id., type: str}
+    step: {description: "C(checkpointed), C(transferred), C(transfer_failed), C(cleaned) or C(restarted_on_source).", type: str}
+    source: {description: The source., type: str}
+    workloads: {description: Per workload name, what happened to it., type: dict}
+moving:
+  description: The workloads chosen to move, with their stored specs (V(checkpoint)).
+  returned: step=checkpoint
+  type: list
+  elements: dict
+deadline:
+  description: The deadline used, in seconds.
+  returned: step=checkpoint
+  type: float
+sealed:
+  description:
+    - Per workload, the sealed checkpoint (C(checkpoint), C(step), C(bytes), C(format), C(is_dir), C(stopped_by),
+      C(verified_at)) and its transfer (C(target), C(staged), C(transferred_at), C(transfer_error)).
+  returned: step=release or step=transfer
+  type: list
+  elements: dict
+failed_transfers:
+  description: Workloads whose checkpoint could not be moved to their target.
+  returned: step=release or step=transfer
+  type: list
+  elements: str
+errors:
+  description: Workloads that could not be sealed (started again here when possible).
+  returned: step=release
+  type: list
+  elements: str
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.spot.migration.plugins.module_utils._common import command_runner, fail_on_exception
+from ansible_collections.spot.migration.plugins.module_utils._http import ansible_fetch
+from ansible_collections.spot.migration.plugins.module_utils._metadata import check_notice
+from ansible_collections.spot.migration.plugins.module_utils._migration import (
+    MigrationError, drivers, source_checkpoint, source_cleanup, source_release, source_restart, source_transfer)
+from ansible_collections.spot.migration.plugins.module_utils._transfer import TransferError
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            step=dict(type='str', required=True, choices=['checkpoint', 'release', 'transfer', 'cleanup', 'restart']),
+            migration_id=dict(type='str', required=True),
+            source=dict(type='str', required=True),
+            workloads=dict(type='list', elements='str', default=[]),
+            include_stopped=dict(type='bool', default=False),
+            deadline=dict(type='float'),
+            default_deadline=dict(type='float', default=30.0),
+            safety_margin=dict(type='float', default=5.0),
+            signalled_at=dict(type='float'),
+            provider=dict(type='str', default='auto', choices=['auto', 'aws', 'gcp', 'azure']),
+            metadata_url=dict(type='str'),
+            moving=dict(type='list', elements='dict', default=[]),
+            assignments=dict(type='dict', default={}),
+            transfer=dict(type='str', default='rsync', choices=['rsync', 'relay', 'shared']),
+            sealed=dict(type='list', elements='dict', default=[]),
+            source_endpoint=dict(type='dict'),
+            stop_timeout=dict(type='float', default=30.0),
+            workload_root=dict(type='path'),
+            container_cli=dict(type='path'),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    run = command_runner(module)
+    with fail_on_exception(module, (MigrationError, TransferError)):
+        mid, source = p['migration_id'], p['source']
+        if p['step'] == 'transfer':
+            result = source_transfer(run, mid, source, p['sealed'], p['assignments'], p['transfer'], p['source_endpoint'])
+            module.exit_json(**result)
+        by_runtime = drivers(run, module.get_bin_path, p['workload_root'], p['container_cli'], warn=module.warn)
+        if p['step'] == 'checkpoint':
+            deadline = p['deadline']
+            if deadline is None:
+                notice = check_notice(ansible_fetch, {'provider': p['provider'], 'metadata_url': p['metadata_url'],
+                                                      'fail_on_error': False, 'timeout': 3.0})
+                deadline = notice.get('seconds_left')
+                if deadline is None:
+                    deadline = p['default_deadline']
+            result = source_checkpoint(by_runtime, mid, source, p['workloads'], p['include_stopped'], deadline,
+                                       p['safety_margin'], p['signalled_at'], module.check_mode, module.warn)
+        elif p['step'] == 'release':
+            result = source_release(by_runtime, run, mid, source, p['moving'], p['assignments'], p['transfer'],
+                                    module.check_mode, p['stop_timeout'])
+        elif p['step'] == 'cleanup':
+            result = source_cleanup(by_runtime, mid, source, [w['name'] for w in p['moving']], module.check_mode)
+        else:
+            result = source_restart(by_runtime, mid, source, p['moving'], p['sealed'], module.check_mode)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,150 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) spot.migration contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: migration_target
+short_description: The target side of a migration, in coarse steps (place, progress)
+version_added: 1.1.0
+description:
+  - V(place) verifies each staged checkpoint against its manifest (every file hashed), renames it into the workload's
+    checkpoint directory (atomic renames on one file system; the manifest of a single-file checkpoint first), removes
+    the staging directory and starts the workload from it. A copy already in place is verified and left; a workload
+    already running with the same spec is left running (idempotent re-runs).
+  - V(progress) waits until every workload started here writes a complete checkpoint whose step is beyond the one it
+    resumed from (a checkpoint written at start-up of the resumed step is not progress).
+  - Paths are checked before anything is written or removed - the staging directory and the final checkpoint must
+    stay under their roots. The workload's spec has its paths moved from the source's checkpoint root to this
+    node's (not for shared storage).
+  - Every result has C(migration), the data the watcher follows (C(id), C(step), C(target), C(workloads)).
+author:
+  - spot.migration contributors (@spot-migration)
+extends_documentation_fragment:
+  - spot.migration.attributes
+attributes:
+  diff_mode:
+    support: none
+options:
+  step:
+    description: Which step to run.
+    type: str
+    required: true
+    choices: [place, progress]
+  migration_id:
+    description: The migration's id (the staging directory's name); letters, digits and C(._:+-) only.
+    type: str
+    required: true
+  target:
+    description: This node's inventory name, for messages and the result.
+    type: str
+    required: true
+  placements:
+    description:
+      - The workloads to place here, each C({name, checkpoint, is_dir, step, spec, gpus, source_root, transfer}) as the
+        source's V(release) step sealed them (see M(spot.migration.migration_source)).
+    type: list
+    elements: dict
+    default: []
+  placed:
+    description: The C(placed) result of V(place) (V(progress)).
+    type: dict
+    default: {}
+  checkpoint_root:
+    description: This node's checkpoint root (the host variable C(spot_checkpoint_root)).
+    type: path
+  resume_timeout:
+    description: Seconds each resumed workload has to show progress.
+    type: float
+    default: 120
+  workload_root:
+    description: Where process workloads keep their state (default as M(spot.migration.workload)).
+    type: path
+  container_cli:
+    description: Path of the container CLI, when not on PATH.
+    type: path
+'''
+
+EXAMPLES = r'''
+- name: Verify, put in place and start
+  spot.migration.migration_target:
+    step: place
+    migration_id: "{{ migration_id }}"
+    target: "{{ inventory_hostname }}"
+    placements: "{{ placements }}"
+    checkpoint_root: "{{ spot_checkpoint_root }}"
+  register: placed
+
+- name: Wait for progress beyond the resumed step
+  spot.migration.migration_target:
+    step: progress
+    migration_id: "{{ migration_id }}"
+    target: "{{ inventory_hostname }}"
+    placed: "{{ placed.placed }}"
+'''
+
+RETURN = r'''
+migration:
+  description: What this step did, as the watcher reads it.
+  returned: always
+  type: dict
+  contains:
+    id: {description: The migration id., type: str}
+    step: {description: "C(started) or C(running).", type: str}
+    target: {description: This node., type: str}
+    workloads: {description: Per workload name, what happened to it., type: dict}
+placed:
+  description: Per workload, the checkpoint in place, its step, when it was verified and started.
+  returned: step=place
+  type: dict
+progress:
+  description: Per workload, the first new step and when it was written.
+  returned: step=progress
+  type: dict
+errors:
+  description: Workloads that made no progress in time.
+  returned: step=progress
+  type: list
+  elements: str
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.spot.migration.plugins.module_utils._common import command_runner, fail_on_exception
+from ansible_collections.spot.migration.plugins.module_utils._migration import MigrationError, target_place, target_progress
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            step=dict(type='str', required=True, choices=['place', 'progress']),
+            migration_id=dict(type='str', required=True),
+            target=dict(type='str', required=True),
+            placements=dict(type='list', elements='dict', default=[]),
+            placed=dict(type='dict', default={}),
+            checkpoint_root=dict(type='path'),
+            resume_timeout=dict(type='float', default=120.0),
+            workload_root=dict(type='path'),
+            container_cli=dict(type='path'),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    with fail_on_exception(module, (MigrationError,)):
+        if p['step'] == 'place':
+            result = target_place(command_runner(module), module.get_bin_path, p['migration_id'], p['target'],
+                                  p['placements'], p['checkpoint_root'], module.check_mode, p['workload_root'],
+                                  p['container_cli'])
+        else:
+            result = target_progress(p['migration_id'], p['target'], p['placed'], p['resume_timeout'], module.check_mode)
+            if result['errors']:
+                module.fail_json(msg='; '.join(result['errors']), **result)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
