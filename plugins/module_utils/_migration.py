@@ -248,6 +248,8 @@ def push_one(transfer, row, assignment, migration_id, run):
     row['transfer_started_at'] = iso()
     try:
         staging = staging_dir(root, migration_id) if transfer.kind != 'shared' else os.path.dirname(row['checkpoint'])
+        if transfer.kind != 'shared':
+            row['staging'] = staging  # known before the copy, so a failed copy's remains can be cleaned up
         link = None
         if transfer.kind == 'rsync' and assignment.get('replica_root'):
             link = transfer.replica_checkpoint(target, check_root(assignment['replica_root'], 'replica root'))
@@ -388,6 +390,32 @@ def _put_in_place(staged, final, is_dir, staging, check_mode):
     return checked, True
 
 
+def _from_replica(placement, final_dir, name, check_mode):
+    """A lost node's workload on its replica node: the newest published replica verified again, then hard-linked
+    (no bytes copied, the replica kept) into the workload's checkpoint directory."""
+    from ._replica import _link_tree, info
+    root = check_root(placement.get('replica_root'), 'replica_root of %s' % name)
+    latest = info(root)['latest']
+    if latest is None:
+        raise MigrationError('no published replica of %s in %s: nothing to resume from' % (name, root))
+    replica = inside(root, latest['checkpoint'], 'replica of %s' % name)
+    checked = verify(replica)
+    final = inside(final_dir, os.path.join(final_dir, os.path.basename(replica.rstrip('/'))), 'checkpoint of %s' % name)
+    if os.path.exists(final):
+        return verify(final), final, False
+    if not check_mode:
+        if not os.path.isdir(final_dir):
+            os.makedirs(final_dir, 0o750)
+        tmp = os.path.join(final_dir, '.spot-linking-%s' % os.path.basename(final))
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp) if os.path.isdir(tmp) else os.unlink(tmp)
+        _link_tree(replica, tmp)
+        if not os.path.isdir(replica):
+            os.link(replica + '.spot-manifest.json', final + '.spot-manifest.json')
+        os.rename(tmp, final)
+    return checked, final, True
+
+
 def target_place(run, which, migration_id, here, placements, here_root, check_mode, workload_root=None,
                  container_cli=None):
     """Verify, rename into place and start each workload assigned here."""
@@ -405,6 +433,8 @@ def target_place(run, which, migration_id, here, placements, here_root, check_mo
             staged = final = p['checkpoint']
             checked = verify(final)
             moved = False
+        elif p.get('transfer') == 'replica':
+            checked, final, moved = _from_replica(p, final_dir, name, check_mode)
         else:
             staging = staging_dir(root or os.path.dirname(final_dir), mid)
             staged = os.path.join(staging, base)

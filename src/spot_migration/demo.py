@@ -55,8 +55,9 @@ class ProbeRun:
 
     def _event(self, event: dict[str, Any]) -> bool:
         data = event.get("event_data", {})
-        if event.get("event") == "runner_on_ok" and data.get("task") == "Read the eviction notice":
-            res = dict(data.get("res", {}))
+        res = dict(data.get("res") or {})
+        # eviction_info's result by its shape (a notice), whatever its task is called.
+        if event.get("event") == "runner_on_ok" and {"notice_id", "evicting", "checked_at"} <= set(res):
             self.results[data["host"]] = res
             if self.on_notice:
                 self.on_notice(data["host"], res)

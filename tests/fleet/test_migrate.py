@@ -80,8 +80,9 @@ def test_no_capacity_fails_and_leaves_the_workload_running(fleet, migrations):
 
 def test_late_checkpoint_falls_back_to_the_newest_on_disk(fleet, migrations):
     name = "mig-late"
-    # A job that cannot checkpoint on demand and checkpoints rarely: only at start and on SIGTERM.
-    migrations.deploy("node2", name, extra=["--ignore-checkpoint-signal", "--initial-checkpoint", "--every", "1000000"])
+    # A job that cannot checkpoint on demand and checkpoints rarely: at start, on SIGTERM and every ~15 s (after the
+    # emergency window; progress on the target must be a step beyond the resumed one, so it needs one).
+    migrations.deploy("node2", name, extra=["--ignore-checkpoint-signal", "--initial-checkpoint", "--every", "1500"])
     fleet_mod.inject(fleet.dir, "node2", "preempt")
     result = migrations.migrate("node2", "-e", "deadline=8")
     assert "it will be stopped and the newest complete checkpoint on disk used" in result.stdout

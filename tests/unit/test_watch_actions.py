@@ -14,38 +14,49 @@ import pytest
 from spot_migration.watch import actions
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLE_TEXT = "\n".join(p.read_text() for p in sorted((ROOT / "roles" / "migrate" / "tasks").glob("*.yml")))
-ROLE_TEXT += (ROOT / "playbooks" / "migrate.yml").read_text() + (ROOT / "playbooks" / "probe.yml").read_text()
 
 
-@pytest.mark.parametrize("task", sorted({task for kind, task in actions.STATE_TASKS} | {
-    actions.WORKLOAD_TASK, actions.TARGET_TASK, actions.STEP_TASK, actions.PROBE_TASK}))
-def test_every_task_the_watcher_follows_exists(task):
-    assert f"- name: {task}\n" in ROLE_TEXT
+def _ok(res, host="node1", task="renamed freely"):
+    return {"event": "runner_on_ok", "event_data": {"task": task, "host": host, "res": res}}
 
 
-def test_events_become_states_and_facts():
+def test_events_become_states_and_facts_from_data_alone():
     calls = []
     events = actions.MigrationEvents(lambda state, **kw: calls.append((state, kw)))
     stream = [
         {"event": "playbook_on_task_start", "event_data": {"task": "Ask each workload for an emergency checkpoint"}},
-        {"event": "runner_on_ok", "event_data": {"task": actions.WORKLOAD_TASK, "res": {
-            "ansible_facts": {"migrate_moving": [{"name": "a"}, {"name": "b"}]}}}},
-        {"event": "runner_item_on_ok", "event_data": {"task": actions.TARGET_TASK, "res": {
-            "item": {"name": "a"}, "target": "standby1"}}},
-        {"event": "runner_item_on_ok", "event_data": {"task": actions.STEP_TASK, "res": {
-            "item": {"name": "a"}, "step": 120}}},
-        {"event": "runner_on_ok", "event_data": {"task": "Verify the staged copy against its manifest"}},
+        _ok({"migration": {"id": "m1", "step": "checkpointed", "workloads": {"a": {}, "b": {}}}}),
+        _ok({"reservations": [{"owner": "m1/a", "target": "standby1"}, {"owner": "m1/b", "target": None}]}, "localhost"),
+        _ok({"migration": {"id": "m1", "step": "transferred", "workloads": {
+            "a": {"step": 120, "target": "standby1"}, "b": {"step": 7, "target": "node3", "transfer_error": "x"}}}}),
+        _ok({"migration": {"id": "m1", "step": "started", "target": "standby1", "workloads": {
+            "a": {"migration_id": "m1"}}}}, "standby1"),
         {"event": "runner_on_failed", "event_data": {"task": "Resume", "host": "standby1", "res": {"msg": "boom"}}},
         {"event": "runner_on_failed", "event_data": {"task": "x", "ignore_errors": True, "res": {"msg": "fine"}}},
+        _ok({"changed": False}),  # any other task: nothing
         {"event": "verbose", "event_data": {}},
     ]
     for event in stream:
         events(event)
-    assert [c[0] for c in calls] == ["checkpointing", "checkpointing", "target_reserved", "target_reserved", "verified"]
-    assert calls[1][1]["workloads"] == ["a", "b"]
-    assert calls[2][1]["targets"] == {"a": "standby1"} and calls[3][1]["steps"] == {"a": 120}
-    assert events.failures == ["standby1: Resume: boom"]
+    assert [c[0] for c in calls] == ["checkpointing", "checkpointed", "target_reserved", "transferring", "verified",
+                                     "resuming"]
+    assert calls[0][1]["workloads"] == ["a", "b"]
+    assert calls[2][1]["targets"] == {"a": "standby1"}
+    assert calls[3][1]["steps"] == {"a": 120, "b": 7} and calls[3][1]["targets"] == {"a": "standby1"}
+    assert calls[4][1]["targets"] == {"a": "standby1"}
+    assert events.failures == ["standby1: boom"]
+
+
+def test_a_wave_routes_each_result_to_its_own_migration():
+    calls: dict[str, list] = {"m1": [], "m2": []}
+    events = actions.MigrationEvents(routes={m: (lambda state, m=m, **kw: calls[m].append(state)) for m in calls})
+    events(_ok({"migration": {"id": "m2", "step": "checkpointed", "workloads": {"b": {}}}}, "node2"))
+    events(_ok({"reservations": [{"owner": "m1/a", "target": "t1"}, {"owner": "m2/b", "target": "t1"}]}, "localhost"))
+    events(_ok({"migration": {"id": "m1", "step": "started", "target": "t1", "workloads": {
+        "a": {"migration_id": "m1"}, "b": {"migration_id": "m2"}}}}, "t1"))
+    events(_ok({"migration": {"id": "m9", "step": "checkpointed", "workloads": {}}}))  # not ours: ignored
+    assert calls["m1"] == ["target_reserved", "verified", "resuming"]
+    assert calls["m2"] == ["checkpointing", "checkpointed", "target_reserved", "verified", "resuming"]
 
 
 def test_kill_marked_stops_only_the_marked_processes():

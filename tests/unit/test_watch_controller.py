@@ -26,15 +26,14 @@ TOKEN = "awx-token-0123456789abcdef"
 SECRET = "a-watcher-secret-that-is-long-enough-0123"
 EVENTS = [
     {"event": "playbook_on_task_start", "event_data": {"task": "Ask each workload for an emergency checkpoint"}},
-    {"event": "runner_on_ok", "event_data": {"task": actions.WORKLOAD_TASK, "host": "localhost",
-                                             "res": {"ansible_facts": {"migrate_moving": [{"name": "train"}]}}}},
-    {"event": "playbook_on_task_start", "event_data": {"task": "Collect the candidates"}},
-    {"event": "runner_item_on_ok", "event_data": {"task": actions.TARGET_TASK,
-                                                  "res": {"item": {"name": "train"}, "target": "standby1"}}},
-    {"event": "runner_item_on_ok", "event_data": {"task": actions.STEP_TASK, "res": {"item": {"name": "train"}, "step": 40}}},
-    {"event": "playbook_on_task_start", "event_data": {"task": "Transfer each checkpoint (the next target if one fails)"}},
-    {"event": "runner_on_ok", "event_data": {"task": "Verify the staged copy against its manifest"}},
-    {"event": "playbook_on_task_start", "event_data": {"task": "Resume the workload from the verified checkpoint"}},
+    {"event": "runner_on_ok", "event_data": {"task": "t1", "host": "node1", "res": {
+        "migration": {"id": "m", "step": "checkpointed", "workloads": {"train": {"emergency_ok": True}}}}}},
+    {"event": "runner_on_ok", "event_data": {"task": "t2", "host": "localhost", "res": {
+        "reservations": [{"owner": "m/train", "name": "train", "target": "standby1", "gpus": [0]}]}}},
+    {"event": "runner_on_ok", "event_data": {"task": "t3", "host": "node1", "res": {
+        "migration": {"id": "m", "step": "transferred", "workloads": {"train": {"step": 40, "target": "standby1"}}}}}},
+    {"event": "runner_on_ok", "event_data": {"task": "t4", "host": "standby1", "res": {
+        "migration": {"id": "m", "step": "started", "target": "standby1", "workloads": {"train": {"migration_id": "m"}}}}}},
 ]
 
 

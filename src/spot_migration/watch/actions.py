@@ -24,23 +24,15 @@ from .. import collections_path
 
 RUN_MARKER = "SPOT_MIGRATION_RUN"
 
-# Which task of the migrate playbook (roles/migrate) marks which state. Events: start (the task began),
-# ok (it finished on a host). tests/unit/test_watch_actions.py checks every name still exists in the role.
-STATE_TASKS: dict[tuple[str, str], str] = {
-    ("start", "Ask each workload for an emergency checkpoint"): "checkpointing",
-    ("start", "Collect the candidates"): "checkpointed",
-    ("start", "Keep the assignments"): "target_reserved",
-    ("start", "Transfer each checkpoint (the next target if one fails)"): "transferring",
-    ("start", "Relay each checkpoint"): "transferring",
-    ("ok", "Verify the staged copy against its manifest"): "verified",
-    ("start", "Resume the workload from the verified checkpoint"): "resuming",
+# The migrate playbook's coarse steps report what they did as data: every result of migration_source and
+# migration_target carries ``migration: {id, step, workloads}``, the joint reservation ``reservations`` (owners
+# ``<migration id>/<workload>``). The watcher follows those, never task or play names (people rename them).
+STEP_STATES: dict[str, tuple[str, ...]] = {
+    "checkpointed": ("checkpointing", "checkpointed"),
+    "transferred": ("transferring",),
+    "transfer_failed": ("transferring",),
+    "started": ("verified", "resuming"),
 }
-WORKLOAD_TASK = "Choose the migrate_workloads to move"
-TARGET_TASK = "Reserve GPUs on a target for each workload"
-STEP_TASK = "Find the newest complete checkpoint"
-PROBE_TASK = "Read the eviction notice"
-
-
 def kill_marked(marker: str, exclude: int | None = None) -> list[int]:
     """SIGKILL every process whose environment carries ``SPOT_MIGRATION_RUN=<marker>``: the remains of a
     run whose watcher died. Returns the pids."""
@@ -129,39 +121,66 @@ class Actions:
 
 
 class MigrationEvents:
-    """Turns the migrate playbook's events into ledger states and facts (workloads, targets, steps)."""
+    """Turns the data a migrate run emits into ledger states and facts (workloads, targets, steps), per migration.
 
-    def __init__(self, advance: Callable[..., Any]):
-        self.advance = advance
+    ``advance(state, **fields)`` for one migration, or ``routes={migration id: advance}`` for a wave (one run over
+    several sources): each result names the migration it belongs to, so each advances its own ledger entry."""
+
+    def __init__(self, advance: Callable[..., Any] | None = None, routes: dict[str, Callable[..., Any]] | None = None):
+        self.routes = dict(routes or {})
+        self.default = advance
         self.failures: list[str] = []
+        self.by_id: dict[str, list[str]] = {}
+
+    def _advance(self, migration_id: str | None, state: str, **fields: Any) -> None:
+        target = self.routes.get(migration_id or "") if self.routes else self.default
+        if target is not None:
+            target(state, **fields)
 
     def __call__(self, event: dict) -> None:
         kind = event.get("event")
         data = event.get("event_data") or {}
-        task = data.get("task")
         res = data.get("res") or {}
-        if kind == "playbook_on_task_start":
-            state = STATE_TASKS.get(("start", task))
-            if state:
-                self.advance(state, detail=task)
-        elif kind == "runner_on_ok":
-            state = STATE_TASKS.get(("ok", task))
-            if state:
-                self.advance(state, detail=task)
-            if task == WORKLOAD_TASK:
-                moving = (res.get("ansible_facts") or {}).get("migrate_moving") or []
-                self.advance("checkpointing", detail="workloads", workloads=[w["name"] for w in moving])
-        elif kind == "runner_item_on_ok":
-            item = res.get("item") or {}
-            if task == TARGET_TASK and res.get("target"):
-                self.advance("target_reserved", detail=f"{item.get('name')} -> {res['target']}",
-                             targets={item.get("name"): res["target"]})
-            elif task == STEP_TASK and res.get("step") is not None:
-                self.advance("target_reserved", detail=f"{item.get('name')} step {res['step']}",
-                             steps={item.get("name"): res["step"]})
-        elif kind in ("runner_on_failed", "runner_item_on_failed", "runner_on_unreachable"):
+        if kind in ("runner_on_ok", "runner_on_failed") and isinstance(res, dict):
+            self._result(res)
+        if kind in ("runner_on_failed", "runner_item_on_failed", "runner_on_unreachable"):
             if not data.get("ignore_errors"):
-                self.failures.append(f"{data.get('host')}: {task}: {res.get('msg') or res.get('stderr') or res}"[:600])
+                message = f"{data.get('host')}: {res.get('msg') or res.get('stderr') or res}"[:600]
+                self.failures.append(message)
+                mid = (res.get("migration") or {}).get("id") if isinstance(res.get("migration"), dict) else None
+                if mid:
+                    self.by_id.setdefault(mid, []).append(message)
+
+    def _result(self, res: dict) -> None:
+        migration = res.get("migration")
+        if isinstance(migration, dict) and migration.get("id") and migration.get("step"):
+            self._step(migration)
+        for r in res.get("reservations") or []:
+            owner = str(r.get("owner") or "")
+            if "/" in owner and r.get("target"):
+                mid, name = owner.split("/", 1)
+                self._advance(mid, "target_reserved", detail=f"{name} -> {r['target']}", targets={name: r["target"]})
+
+    def _step(self, migration: dict) -> None:
+        rows = migration.get("workloads") or {}
+        step = migration["step"]
+        if step == "checkpointed":
+            self._advance(migration["id"], "checkpointing", detail="workloads", workloads=sorted(rows))
+            self._advance(migration["id"], "checkpointed", detail="emergency checkpoints")
+            return
+        if step in ("transferred", "transfer_failed"):
+            steps = {n: r["step"] for n, r in rows.items() if r.get("step") is not None}
+            moved = {n: r["target"] for n, r in rows.items() if r.get("target") and not r.get("transfer_error")}
+            self._advance(migration["id"], "transferring", detail=step, steps=steps, **({"targets": moved} if moved else {}))
+            return
+        if step == "started":
+            # A target's rows may belong to several migrations of a wave: each row names its own.
+            by_id: dict[str, dict[str, str]] = {}
+            for name, row in rows.items():
+                by_id.setdefault(row.get("migration_id") or migration["id"], {})[name] = migration.get("target")
+            for mid, targets in by_id.items():
+                self._advance(mid, "verified", detail=f"on {migration.get('target')}", targets=targets)
+                self._advance(mid, "resuming", detail=f"on {migration.get('target')}")
 
 
 def workload_plays(hosts: list[str], names: list[str], remove_from: str | None = None) -> list[dict]:
@@ -210,8 +229,10 @@ def sweep(actions: Actions, hosts: list[str], timeout: float, on_notice: Callabl
 
     def on_event(event: dict) -> None:
         data = event.get("event_data") or {}
-        if event.get("event") == "runner_on_ok" and data.get("task") == PROBE_TASK:
-            on_notice(data["host"], dict(data.get("res") or {}))
+        res = data.get("res") or {}
+        # eviction_info's result, by its shape (a notice), whatever the task is called.
+        if event.get("event") == "runner_on_ok" and isinstance(res, dict) and {"notice_id", "evicting", "checked_at"} <= set(res):
+            on_notice(data["host"], dict(res))
         elif event.get("event") == "runner_on_unreachable":
             on_notice(data["host"], {"error": f"unreachable: {(data.get('res') or {}).get('msg', '')}"[:300],
                                      "evicting": False, "kind": "none", "notice_id": None})

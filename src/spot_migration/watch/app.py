@@ -417,18 +417,20 @@ class Watcher:
         failures: list[str] = []
 
         def on_event(event: dict) -> None:
+            # The recover role's migration_target results, by their data (never task names).
             data = event.get("event_data") or {}
             res = data.get("res") or {}
-            if event.get("event") == "runner_on_ok" and data.get("task") == "Verify the replica against its manifest":
-                self._advance(migration_id, fence, "verified", detail=f"replica on {data.get('host')}")
-            elif event.get("event") == "playbook_on_task_start" and data.get("task") == "Resume the workload from the replica":
+            migration = res.get("migration") if isinstance(res, dict) else None
+            if event.get("event") == "runner_on_ok" and isinstance(migration, dict) and migration.get("step") == "started":
+                self._advance(migration_id, fence, "verified", detail=f"replica on {migration.get('target')}")
                 self._advance(migration_id, fence, "resuming", detail="from the replica")
-            elif event.get("event") == "runner_on_ok" and data.get("task") == "Record the recovery":
-                results.extend((res.get("ansible_facts") or {}).get("recover_done") or [])
+                results.extend({"name": name, "target": migration.get("target"), "step": row.get("step")}
+                               for name, row in (migration.get("workloads") or {}).items())
             elif event.get("event") in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
-                failures.append(f"{data.get('host')}: {data.get('task')}: {res.get('msg') or res}"[:600])
+                failures.append(f"{data.get('host')}: {res.get('msg') or res}"[:600])
 
-        extravars = {"lost_node": node, "recover_plan": plan, "fence_file": str(fence_file), "migration_fence": str(fence),
+        extravars = {"lost_node": node, "recover_plan": plan, "migration_id": migration_id,
+                     "fence_file": str(fence_file), "migration_fence": str(fence),
                      "resume_timeout": int(self.config.migrate.extra_vars.get("resume_timeout", 120))}
         rc, private = self.actions.run(f"{migration_id}-{fence}", "spot.migration.recover", extravars, on_event=on_event,
                                        marker=migration_id, timeout=self.config.migrate.timeout,

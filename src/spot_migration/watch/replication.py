@@ -28,7 +28,6 @@ from .. import module_utils
 
 LIST_TASK = "List the workloads to replicate"
 GPU_TASK = "Read the GPUs of a possible replica node"
-RECORD_TASK = "Record the replica"
 ACCESS_TASK = "Describe how to reach the node"
 AGENT_VERSION = (1, 1)
 # How a node is reached by another node (rsync and ssh from the source to its replica node); set_fact runs on the
@@ -143,10 +142,11 @@ class Replicator:
         if plan:
             def on_record(event: dict) -> None:
                 data = event.get("event_data") or {}
-                if event.get("event") == "runner_on_ok" and data.get("task") == RECORD_TASK:
-                    record = ((data.get("res") or {}).get("ansible_facts") or {}).get("replicate_done")
-                    if record:
-                        done.append(record)
+                # The replicate role's record, by its fact's name (never the task's).
+                record = (((data.get("res") or {}).get("ansible_facts") or {}).get("replicate_done")
+                          if event.get("event") == "runner_on_ok" else None)
+                if record:
+                    done.append(record)
 
             extravars = {"replicate_plan": plan, "keep": int(self.config.keep), "bwlimit": int(self.config.bwlimit)}
             rc, private = self.w.actions.run(f"replicate-{time.monotonic_ns()}", "spot.migration.replicate", extravars,
