@@ -60,7 +60,7 @@ def deploy(fleet, name: str, size_mb: int) -> str:
     play(fleet, [
         {"spot.migration.workload": {
             "name": name, "command": ["{{ ansible_python_interpreter }}", fleet.trainer], "checkpoint_dir": ck,
-            "args": ["--checkpoint-dir", ck, "--step-time", "0.01", "--every", "1000000", "--keep", "2",
+            "args": ["--checkpoint-dir", ck, "--step-time", "0.01", "--every", "100", "--keep", "2",
                      "--initial-checkpoint", "--size-mb", str(size_mb), "--progress", os.path.join(ck, "progress.json")],
             "workload_root": "{{ spot_workload_root }}", "gpus": 1}},
         {"spot.migration.checkpoint_info": {"path": ck, "wait_timeout": 120, "stable_for": 1}},

@@ -71,7 +71,7 @@ def notice_runs(workdir: Path, size_mb: int, net: int) -> dict:
         agents(fleet, port, secret)
         for label, replication in (("without", False), ("with", True)):
             name = f"prev-{label}"
-            trainer(fleet, "node1", name, ["--every", "1000000", "--initial-checkpoint", "--size-mb", str(size_mb)])
+            trainer(fleet, "node1", name, ["--every", "100", "--initial-checkpoint", "--size-mb", str(size_mb)])
             watcher = Watcher(fleet, workdir, port, secret_file, sweep={"hosts": "none"},
                               replication={"enabled": replication, "interval": 2.0})
             try:

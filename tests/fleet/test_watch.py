@@ -347,8 +347,9 @@ def test_forged_replayed_stale_and_unsigned_pushes_are_refused(wfleet, watcher):
 
 
 def test_watcher_unreachable_for_20_s_checkpoint_happens_at_once(wfleet, watcher, wmig):
-    # Checkpoints only at start and on a signal, so a fresh one proves the agent's signal.
-    wmig.deploy("node1", "wlate", extra=["--every", "1000000", "--initial-checkpoint"])
+    # Checkpoints at start, on a signal and every ~30 s (progress after the resume must pass the resumed step), so a
+    # fresh one within seconds proves the agent's signal.
+    wmig.deploy("node1", "wlate", extra=["--every", "3000", "--initial-checkpoint"])
     checkpoints = Path(wfleet.node("node1").paths["checkpoints"]) / "wlate"
     injected = time.time()
     fleet_mod.inject(wfleet.dir, "node1", "spot_interruption", in_seconds=120)
