@@ -1,0 +1,86 @@
+"""The migrate playbook's plan and the coarse steps' path checks: every value that becomes a path is refused where it
+enters when it could leave its root (issue K1), hosts are checked against the inventory, a wave is planned per
+source; the joint reservation never promises a GPU twice."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from spot_migration import module_utils
+
+plan_mod = module_utils("_plan")
+mig = module_utils("_migration")
+placement = module_utils("_placement")
+
+GROUPS = {"all": ["node1", "node2", "standby1"], "spot": ["node1", "node2"], "standby": ["standby1"]}
+
+
+@pytest.mark.parametrize("value", ["../../../x", "..", "a/b", "/abs", "x/../y", "-leading", "a..b", "a b", "a\0b",
+                                   "x" * 161])
+def test_hostile_migration_ids_are_refused_with_the_value(value):
+    with pytest.raises(mig.MigrationError) as caught:
+        plan_mod.plan({"source": "node1", "migration_id": value}, GROUPS)
+    assert repr(value)[:40] in str(caught.value) or "migration_id" in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["20261201T000000-node1-abc123", "m-1", "a.b:c+d"])
+def test_good_ids_pass(value):
+    assert plan_mod.plan({"source": "node1", "migration_id": value}, GROUPS)["by_source"]["node1"]["id"] == value
+
+
+@pytest.mark.parametrize("variables, message", [
+    ({"source": "nope"}, "source nope is not in the inventory"),
+    ({"source": ""}, "source is required"),
+    ({"source": "node1", "target": "ghost"}, "target ghost is not in the inventory"),
+    ({"source": "node1", "transfer": "ftp"}, "transfer must be one of"),
+    ({"source": "node1", "workloads": ["../x"]}, "workload name '../x' is not allowed"),
+    ({"source": "node1", "fence_file": "relative/f"}, "fence_file 'relative/f' must be an absolute path"),
+    ({"source": "node1", "prestaged": {"w": {"target": "standby1", "root": "/a/../../etc"}}}, "must be an absolute path"),
+    ({"source": "node1", "include_stopped": True}, "include_stopped needs workloads"),
+    ({"source": "node1", "deadline": "soon"}, "deadline must be a number"),
+    ({"source": "node1", "alert_webhooks": ["file:///etc/passwd"]}, "is not an http(s) URL"),
+    ({"source": "node1", "record_dir": "rel/dir"}, "must be an absolute path"),
+    ({"source": ["node1", "node2"], "migration_id": "one"}, "a wave of 2 sources needs migrations"),
+    ({"source": "node1", "migrations": {"node2": {}}}, "not among the sources"),
+])
+def test_bad_variables_fail_naming_the_value(variables, message):
+    with pytest.raises(mig.MigrationError) as caught:
+        plan_mod.plan(variables, GROUPS)
+    assert message in str(caught.value)
+
+
+def test_a_wave_is_planned_per_source_and_candidates_leave_every_source_out():
+    plan = plan_mod.plan({"source": "node1,node2", "migrations": {"node1": {"migration_id": "a"},
+                                                                  "node2": {"migration_id": "b", "workloads": "w1, w2"}},
+                          "workloads": ["w0"]}, GROUPS)
+    assert plan["sources"] == ["node1", "node2"] and plan["candidates"] == ["standby1"]
+    assert plan["by_source"]["node1"]["workloads"] == ["w0"] and plan["by_source"]["node2"]["workloads"] == ["w1", "w2"]
+    assert [plan["by_source"][s]["id"] for s in plan["sources"]] == ["a", "b"]
+
+
+def test_staging_and_final_paths_must_resolve_under_their_roots(tmp_path):
+    root = tmp_path / "ck"
+    root.mkdir()
+    assert mig.staging_dir(str(root), "m-1") == str(root / ".spot-staging" / "m-1")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / ".spot-staging").symlink_to(outside)  # a planted link must not carry a removal out of the root
+    with pytest.raises(mig.MigrationError, match="outside"):
+        mig.staging_dir(str(root), "m-1")
+    with pytest.raises(mig.MigrationError):
+        mig.staging_dir("relative", "m-1")
+
+
+def test_joint_reservation_never_promises_a_gpu_twice(tmp_path):
+    path = str(tmp_path / "reservations.json")
+    candidates = [{"host": "standby1", "free_gpus": [0, 1], "gpus": [{"index": 0}, {"index": 1}], "lifecycle": "on-demand"}]
+    done = placement.reserve_many(path, [{"owner": "a/w1", "gpus": 1}, {"owner": "b/w2", "gpus": 1},
+                                         {"owner": "c/w3", "gpus": 1}], candidates)
+    got = [(r["target"], tuple(r["gpus"])) for r in done]
+    assert got[0] != got[1] and got[0][0] == got[1][0] == "standby1"
+    assert done[2]["target"] is None and "no target has capacity" in done[2]["error"]
+    again = placement.reserve_many(path, [{"owner": "a/w1", "gpus": 1, "release_first": True, "exclude": ["standby1"]}],
+                                   candidates)
+    assert again[0]["target"] is None and not os.path.exists(path + ".tmp")
