@@ -58,8 +58,10 @@ def kill_marked(marker: str, exclude: int | None = None) -> list[int]:
 class Actions:
     """Runs plays through ansible-runner for one inventory."""
 
-    def __init__(self, inventory: str, runs_dir: Path, log: Callable[[str], None] = print):
+    def __init__(self, inventory: str, runs_dir: Path, log: Callable[[str], None] = print,
+                 collections: Path | None = None):
         self.inventory = str(Path(inventory).resolve())
+        self.collections = collections
         self.runs_dir = Path(runs_dir)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.runs_dir, 0o700)
@@ -67,7 +69,7 @@ class Actions:
 
     def _env(self, marker: str | None, control_dir: str) -> dict[str, str]:
         env = {
-            "ANSIBLE_COLLECTIONS_PATH": str(collections_path()),
+            "ANSIBLE_COLLECTIONS_PATH": str(self.collections or collections_path()),
             "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_LOCALHOST_WARNING": "false",
