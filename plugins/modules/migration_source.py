@@ -21,7 +21,7 @@ description:
     came in time), seals it with a sha256 manifest and, for O(transfer=rsync), pushes it into the target's staging
     directory (C(<root>/.spot-staging/<migration_id>)). A workload whose checkpoint cannot be sealed is started again
     here. A failed push is reported in C(failed_transfers), not raised, so the others go on.
-  - V(transfer) moves already sealed checkpoints (O(sealed)): a push to a next target after the first failed, or the
+  - V(transfer) moves already sealed checkpoints (O(sealed)) - a push to a next target after the first failed, or the
     relay through the controller (O(transfer=relay), run with C(delegate_to=localhost)).
   - V(cleanup) removes the moved workloads from the source once they run on their targets.
   - V(restart) starts stopped workloads again here, from their sealed checkpoints, when nothing could be placed.

@@ -54,6 +54,7 @@ class Watcher:
             "sweep": {"interval": 15, "hosts": "silent", **sweep},
             "replication": {"enabled": False},  # these tests are about notices; tests/fleet/test_replication.py covers it
             "alerts": {"webhooks": [self.webhook] if self.webhook else []},
+            **getattr(self, "settings", {}),
         }))
         return path
 

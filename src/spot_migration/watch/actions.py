@@ -34,19 +34,20 @@ STEP_STATES: dict[str, tuple[str, ...]] = {
     "started": ("verified", "resuming"),
 }
 def kill_marked(marker: str, exclude: int | None = None) -> list[int]:
-    """SIGKILL every process whose environment carries ``SPOT_MIGRATION_RUN=<marker>``: the remains of a
-    run whose watcher died. Returns the pids."""
-    needle = f"{RUN_MARKER}={marker}".encode() + b"\0"
+    """SIGKILL every process whose environment carries ``SPOT_MIGRATION_RUN=<marker>`` (or a wave's
+    ``SPOT_MIGRATION_RUN=<id>,<id>,...`` with the marker among them): the remains of a run whose watcher died.
+    Returns the pids."""
+    prefix = f"{RUN_MARKER}=".encode()
     killed = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) in (os.getpid(), exclude):
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as handle:
-                environ = handle.read() + b"\0"
+                environ = handle.read().split(b"\0")
         except OSError:
             continue
-        if b"\0" + needle in b"\0" + environ:
+        if any(marker in v[len(prefix):].decode(errors="replace").split(",") for v in environ if v.startswith(prefix)):
             try:
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed.append(int(entry.name))
@@ -128,11 +129,14 @@ class MigrationEvents:
     ``advance(state, **fields)`` for one migration, or ``routes={migration id: advance}`` for a wave (one run over
     several sources): each result names the migration it belongs to, so each advances its own ledger entry."""
 
-    def __init__(self, advance: Callable[..., Any] | None = None, routes: dict[str, Callable[..., Any]] | None = None):
+    def __init__(self, advance: Callable[..., Any] | None = None, routes: dict[str, Callable[..., Any]] | None = None,
+                 hosts: dict[str, str] | None = None):
         self.routes = dict(routes or {})
         self.default = advance
+        self.hosts = dict(hosts or {})  # source host -> migration id: a failure there without data is that one's
         self.failures: list[str] = []
         self.by_id: dict[str, list[str]] = {}
+        self.unattributed: list[str] = []
 
     def _advance(self, migration_id: str | None, state: str, **fields: Any) -> None:
         target = self.routes.get(migration_id or "") if self.routes else self.default
@@ -150,8 +154,11 @@ class MigrationEvents:
                 message = f"{data.get('host')}: {res.get('msg') or res.get('stderr') or res}"[:600]
                 self.failures.append(message)
                 mid = (res.get("migration") or {}).get("id") if isinstance(res.get("migration"), dict) else None
+                mid = mid or self.hosts.get(str(data.get("host")))
                 if mid:
                     self.by_id.setdefault(mid, []).append(message)
+                else:
+                    self.unattributed.append(message)
 
     def _result(self, res: dict) -> None:
         migration = res.get("migration")

@@ -11,7 +11,6 @@ import shutil
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +23,7 @@ from .ledger import ORDER, Fenced, Ledger, LedgerError
 from .metrics import Metrics
 from .replication import OWNER as REPLICA_OWNER
 from .replication import Replicator
+from .scheduler import Claimed, Scheduler
 from .server import PushServer
 
 
@@ -89,12 +89,14 @@ class Watcher:
         self.server = PushServer(config.host_port, self.verify, self.handle_event, self.health,
                                  self.metrics.render, self._rejected,
                                  sign=lambda body: self.signing.sign(self.secret, body))
-        self.pool = ThreadPoolExecutor(max_workers=int(config.migrate.max_concurrent), thread_name_prefix="migrate")
-        self.active: dict[str, int] = {}
-        self.fenced_out: set[str] = set()
+        self.scheduler = Scheduler(self.ledger, self._migrate, config.migrate.max_concurrent,
+                                   config.migrate.batch_window, config.migrate.batch_max, self._can_join,
+                                   on_in_flight=self.metrics.in_flight.set, log=self.log)
+        self.active = self.scheduler.active            # {migration id: fence} in flight
+        self.fenced_out = self.scheduler.fenced_out    # taken over by another watcher: their runs stop
         self.lock = threading.Lock()
-        self.kick = threading.Event()
-        self.stopping = threading.Event()
+        self.kick = self.scheduler.kick
+        self.stopping = self.scheduler.stopping
         self.threads: list[threading.Thread] = []
         self.last_sweep: dict[str, Any] = {}
         self.replicator = Replicator(self) if config.replication.enabled else None
@@ -183,31 +185,12 @@ class Watcher:
             self.log(f"--crash-at {state}: SIGKILL")
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _schedule(self) -> None:
-        while not self.stopping.is_set():
-            self.kick.wait(0.5)
-            self.kick.clear()
-            with self.lock:
-                for migration_id, fence in list(self.active.items()):
-                    try:
-                        self.ledger.renew(migration_id, fence)
-                    except Fenced:
-                        self.fenced_out.add(migration_id)
-                    except LedgerError:
-                        pass  # it has just finished
-                free = int(self.config.migrate.max_concurrent) - len(self.active)
-            if free <= 0 or self.stopping.is_set():
-                continue
-            for migration in self.ledger.claimable()[:free]:
-                try:
-                    fence = self.ledger.claim(migration["id"])
-                except Fenced:
-                    continue
-                with self.lock:
-                    self.active[migration["id"]] = fence
-                    self.fenced_out.discard(migration["id"])
-                self.metrics.in_flight.set(len(self.active))
-                self.pool.submit(self._migrate, migration["id"], fence)
+    def _can_join(self, m: dict) -> bool:
+        """May this open migration share a run with others (a wave)? Not one resumed after a watcher died (it has
+        its own resume point), not the recovery of a lost node, and in AWX mode none (one job each)."""
+        if self.controller is not None or m["attempts"] > 0:
+            return False
+        return (self.ledger.notice(m["notice_id"]) or {}).get("kind") != "lost"
 
     def _advance(self, migration_id: str, fence: int, state: str, **fields: Any) -> None:
         try:
@@ -219,28 +202,110 @@ class Watcher:
             self.log(f"migration {migration_id}: {state}")
             self._crash_if(state)
 
-    def _migrate(self, migration_id: str, fence: int) -> None:
+    def _migrate(self, claimed: Claimed, wave: bool) -> None:
+        """One run of the scheduler's: a wave of fresh migrations, or one migration resumed, recovering or in AWX."""
+        ids = ", ".join(m for m, _ in claimed)
         try:
-            self._run_migration(migration_id, fence)
+            if wave:
+                self._run_wave(claimed)
+            else:
+                self._run_migration(*claimed[0])
         except Fenced as exc:
-            self.log(f"migration {migration_id}: given up, another watcher holds it ({exc})")
+            self.log(f"migration {ids}: given up, another watcher holds it ({exc})")
         except Exception as exc:  # noqa: BLE001 - one migration's bug must not stop the watcher
-            self.log(f"migration {migration_id}: watcher error {type(exc).__name__}: {exc}")
-            try:
-                self._finish(migration_id, fence, "failed", error=f"watcher error: {type(exc).__name__}: {exc}")
-            except LedgerError:
-                pass
-        finally:
-            with self.lock:
-                self.active.pop(migration_id, None)
-            self.metrics.in_flight.set(len(self.active))
-            self.kick.set()
+            self.log(f"migration {ids}: watcher error {type(exc).__name__}: {exc}")
+            for migration_id, fence in claimed:
+                try:
+                    if self.ledger.migration(migration_id)["state"] not in ("running", "failed"):
+                        self._finish(migration_id, fence, "failed", error=f"watcher error: {type(exc).__name__}: {exc}")
+                except (LedgerError, Fenced):
+                    pass
 
-    def _run_migration(self, migration_id: str, fence: int) -> None:
+    def _write_fence(self, migration_id: str, fence: int) -> Path:
         fence_file = self.fence_dir / migration_id
         tmp = fence_file.with_suffix(".tmp")
         tmp.write_text(f"{fence}\n")
         tmp.replace(fence_file)
+        return fence_file
+
+    def _per_source(self, m: dict, fence: int, fence_file: Path) -> dict[str, Any]:
+        """The variables of one source's migration that the watcher knows and the playbook need not ask for: its
+        id and fence, the notice's times, when the agent already signalled the workloads, their replicas."""
+        values: dict[str, Any] = {"migration_id": m["id"], "migration_fence": str(fence), "fence_file": str(fence_file),
+                                  "notice_at": iso(m["notice_at"]), "detected_at": iso(m["detected_at"])}
+        prestaged = {w["name"]: {"target": w["replica"], "root": w["replica_root"], "step": w["replica_step"]}
+                     for w in self.ledger.workloads(node=m["source"]) if w["replica"] and w["replica_step"] is not None}
+        if prestaged:
+            values["prestaged"] = prestaged
+        signalled_at = self.ledger.signalled_at(m["notice_id"])
+        if signalled_at:
+            values["signalled_at"] = signalled_at
+        return values
+
+    def _run_wave(self, claimed: Claimed) -> None:
+        """Fresh migrations (one or a wave of them) as one migrate run over all their sources: hosts in parallel, one
+        joint reservation. Each migration advances its own ledger entry from the results that name it, gets its own
+        record and its own outcome: one that fails or whose source is unreachable does not fail the others."""
+        rows = {mid: self.ledger.migration(mid) for mid, _fence in claimed}
+        fences = dict(claimed)
+        sources = {rows[mid]["source"]: mid for mid in rows}
+        migrations = {}
+        for mid, fence in claimed:
+            fence_file = self._write_fence(mid, fence)
+            leftovers = actions_mod.kill_marked(mid)
+            if leftovers:
+                self.log(f"migration {mid}: stopped {len(leftovers)} process(es) left by an earlier run")
+            migrations[rows[mid]["source"]] = self._per_source(rows[mid], fence, fence_file)
+        extravars: dict[str, Any] = dict(self.config.migrate.extra_vars)
+        extravars.update({"source": sorted(sources), "migrations": migrations, "transfer": self.config.migrate.transfer,
+                          "spot_record_dir": str(self.record_dir), "spot_reservation_file": str(self.reservation_file)})
+        doomed = [n for n in self.ledger.evicting_nodes() if n not in sources]
+        if doomed:
+            extravars["exclude_hosts"] = doomed
+        if len(claimed) > 1:
+            self.log(f"wave of {len(claimed)} migrations in one run: {', '.join(sorted(sources))}")
+
+        def route(mid: str) -> Callable[..., None]:
+            return lambda state, **kw: self._advance(mid, fences[mid], state, **kw)
+
+        events = actions_mod.MigrationEvents(routes={mid: route(mid) for mid in rows}, hosts=sources)
+        first, fence = claimed[0]
+        ident = f"{first}-{fence}" if len(claimed) == 1 else f"wave-{first}-{fence}-{len(claimed)}"
+        rc, private = self.actions.run(ident, "spot.migration.migrate", extravars, on_event=events,
+                                       marker=",".join(rows), timeout=self.config.migrate.timeout,
+                                       cancel=lambda: any(mid in self.fenced_out for mid in rows),
+                                       forks=max(int(self.config.migrate.forks), 2 * len(claimed)))
+        for mid, fence in claimed:
+            if mid in self.fenced_out:
+                self.log(f"migration {mid}: given up, another watcher holds it (fence {fence} superseded during the run)")
+                continue
+            outcome, why = self._outcome(mid, rc, events)
+            try:
+                self._finish(mid, fence, outcome, error=why, private=private)
+            except Fenced:
+                self.log(f"migration {mid}: given up, another watcher holds it")
+
+    def _outcome(self, migration_id: str, rc: int, events: actions_mod.MigrationEvents) -> tuple[str, str | None]:
+        """One migration's outcome in a run, from its record (every workload running on its target) and the failures
+        that name it; a migration the run did not clearly finish is failed, never called running."""
+        if rc == 0:
+            return "running", None
+        path = self.record_dir / f"{migration_id}.json"
+        record = json.loads(path.read_text()) if path.exists() else None
+        moved = (record or {}).get("migrations") or []
+        mine = events.by_id.get(migration_id, [])
+        if moved and all(r.get("outcome") == "running" for r in moved) and not (record or {}).get("errors"):
+            return "running", None
+        if not moved and not mine and not events.unattributed and not self.ledger.migration(migration_id)["workloads"]:
+            return "running", None  # nothing to move off that source; another source's migration failed
+        problems = [f"{r['workload']}: {r.get('outcome')}{': ' + r['error'] if r.get('error') else ''}"
+                    for r in moved if r.get("outcome") != "running"]
+        why = "; ".join(((record or {}).get("errors") or []) + problems + mine[-3:]) or \
+            "; ".join(events.unattributed[-3:]) or f"ansible-playbook rc {rc}"
+        return "failed", why[:2000]
+
+    def _run_migration(self, migration_id: str, fence: int) -> None:
+        fence_file = self._write_fence(migration_id, fence)
         leftovers = actions_mod.kill_marked(migration_id)
         if leftovers:
             self.log(f"migration {migration_id}: stopped {len(leftovers)} process(es) left by an earlier run")
@@ -455,7 +520,7 @@ class Watcher:
                 return
             self.returning.add(node)
         self.log(f"{node} is back ({via}); stopping the fenced copies there first")
-        self.pool.submit(self._unfence, node)
+        self.scheduler.pool.submit(self._unfence, node)
 
     def _unfence(self, node: str) -> None:
         try:
@@ -553,7 +618,7 @@ class Watcher:
 
     def start(self) -> None:
         self.server.thread.start()
-        loops = [(self._schedule, "scheduler"), (self._sweeper, "sweeper")]
+        loops = [(self.scheduler.loop, "scheduler"), (self._sweeper, "sweeper")]
         if self.replicator is not None:
             loops.append((self.replicator.run_forever, "replicator"))
         for target, name in loops:
@@ -566,11 +631,9 @@ class Watcher:
 
     def stop(self, wait: float = 600.0) -> None:
         """Stop taking work; let running migrations finish (a killed watcher resumes them on its next start)."""
-        self.stopping.set()
-        self.kick.set()
         self.server.shutdown()
         self.server.server_close()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.scheduler.stop()
         for thread in self.threads:
             thread.join(wait)
         self.alerter.close()

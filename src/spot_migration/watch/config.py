@@ -37,7 +37,9 @@ class SweepConfig:
 class MigrateConfig:
     enabled: bool = True            # false: record and alert, never migrate (observe-only roll-out)
     transfer: str = "rsync"
-    max_concurrent: int = 4
+    max_concurrent: int = 4         # migrate runs at once (a wave of evictions is one run)
+    batch_window: float = 0.3       # notices this close to the first one share its run (0: no waiting)
+    batch_max: int = 16             # migrations in one run at most
     forks: int = 20                 # hosts one migration's plays reach in parallel (candidate targets)
     extra_vars: dict[str, Any] = field(default_factory=dict)
     timeout: float = 1800.0
@@ -183,6 +185,9 @@ def _check(config: WatchConfig) -> None:
         (config.sweep.hosts in ("silent", "all", "none"), "sweep.hosts", config.sweep.hosts, "silent, all or none"),
         (float(config.sweep.interval) > 0, "sweep.interval", config.sweep.interval, "a positive number of seconds"),
         (int(config.migrate.max_concurrent) >= 1, "migrate.max_concurrent", config.migrate.max_concurrent, "1 or more"),
+        (0 <= float(config.migrate.batch_window) <= 10, "migrate.batch_window", config.migrate.batch_window,
+         "0 to 10 seconds (a fraction of a second is enough for a wave; every second waited is lost from the window)"),
+        (int(config.migrate.batch_max) >= 1, "migrate.batch_max", config.migrate.batch_max, "1 or more"),
         (config.migrate.transfer in ("rsync", "relay", "shared"), "migrate.transfer", config.migrate.transfer,
          "rsync, relay or shared"),
         (float(config.max_skew) > 0, "max_skew", config.max_skew, "a positive number of seconds"),
