@@ -4,8 +4,10 @@ and against the hand-written runbook way of doing it.
 Run: .venv/bin/python bench/migration.py [--sizes 10,1024] [--skip-runbook] [--out DIR]
 Prints a table and writes DIR/migration.json (default bench/out). Not a test: it asserts nothing.
 
-* ours: notice injected on node1 (AWS dialect) -> ansible-playbook spot.migration.migrate -> the trainer
-  running on standby1 from the verified checkpoint; the steps come from the migration record.
+* ours: notice injected on node1 (AWS dialect) -> spot.migration.migrate through ansible-runner (as the watcher
+  runs it) -> the trainer running on standby1 from the verified checkpoint; the steps come from the migration
+  record, the SSH round trips from the run's job events, the controller CPU seconds from getrusage.
+* baseline: the same with the collection as it was at --baseline-ref (before the coarse steps), same fleet, same run.
 * raw rsync: the same checkpoint file, node1 -> standby1, `rsync --archive --whole-file` over the same SSH.
 * runbook: a cron-style check every 30 s, then one ssh command after another: `kill -USR1`, `sleep 10`,
   `ls -t | head -1`, `rsync -avz`, start the trainer with `--resume`, wait for it to run.
@@ -32,6 +34,8 @@ from spot_migration import collections_path  # noqa: E402
 from spot_migration import fleet as fleet_mod  # noqa: E402
 
 PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+# The last commit before a migration became a handful of coarse steps (issue [I]): the figures' baseline.
+BASELINE_REF = "31141c9"
 
 
 def ts(text: str | None) -> float | None:
@@ -68,21 +72,69 @@ def deploy(fleet, name: str, size_mb: int) -> str:
     return ck
 
 
-def run_ours(fleet, size_mb: int, work: Path) -> dict:
-    name = f"bench-{size_mb}"
+def round_trips(events: list[dict]) -> dict:
+    """SSH module round trips of a run, from its job events: every task result on a remote host (not skipped, not
+    run on or delegated to the controller). ``critical_path``: per play the most any one host made, summed (hosts of
+    one play run in parallel; plays one after another)."""
+    per_play: dict[str, dict[str, int]] = {}
+    total = 0
+    for event in events:
+        data = event.get("event_data") or {}
+        if event.get("event") not in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
+            continue
+        host = data.get("delegated_host") or data.get("host")  # ansible-runner names a delegation's host here
+        res = data.get("res") or {}
+        delegated = (res.get("_ansible_delegated_vars") or {}).get("ansible_host") if isinstance(res, dict) else None
+        if host in ("localhost", "127.0.0.1") or delegated in ("localhost", "127.0.0.1") or \
+                data.get("task_action") in ("ansible.builtin.add_host", "add_host", "ansible.builtin.set_fact",
+                                            "set_fact", "ansible.builtin.debug", "debug", "ansible.builtin.assert",
+                                            "assert", "ansible.builtin.include_role", "include_role", "meta"):
+            continue
+        total += 1
+        play = per_play.setdefault(data.get("play_uuid") or data.get("play") or "?", {})
+        play[host] = play.get(host, 0) + 1
+    return {"total": total, "critical_path": sum(max(p.values()) for p in per_play.values()),
+            "plays": len(per_play)}
+
+
+def run_playbook(fleet, extravars: dict, collections: Path, work: Path) -> tuple[int, list[dict], float, str]:
+    """spot.migration.migrate through ansible-runner (as the watcher runs it). Returns (rc, events, controller CPU
+    seconds: this process's and every child's, ansible-playbook, its forks and the ssh clients, stdout tail)."""
+    import ansible_runner
+    import resource
+
+    private = Path(tempfile.mkdtemp(prefix="run-", dir=work))
+    before_self, before_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = ansible_runner.run(
+        private_data_dir=str(private), playbook="spot.migration.migrate", inventory=str(fleet.inventory_path),
+        extravars=extravars, quiet=True, settings={"suppress_env_files": True},
+        envvars={"ANSIBLE_COLLECTIONS_PATH": str(collections), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PIPELINING": "true",
+                 "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    after_self, after_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(getattr(a, f) - getattr(b, f) for a, b in ((after_self, before_self), (after_children, before_children))
+              for f in ("ru_utime", "ru_stime"))
+    events = list(result.events)
+    tail = (private / "artifacts").exists() and "".join(
+        (e.get("stdout") or "") + "\n" for e in events[-40:]) or ""
+    return result.rc, events, cpu, tail
+
+
+def run_ours(fleet, size_mb: int, work: Path, collections: Path | None = None, label: str = "ours") -> dict:
+    """One migration of a ``size_mb`` checkpoint node1 -> standby1 by the collection at ``collections`` (default the
+    installed one), timed from its record; its round trips counted from the run's job events."""
+    name = f"bench-{label}-{size_mb}"
     deploy(fleet, name, size_mb)
     time.sleep(1)
     notice = time.time()
     fleet_mod.inject(fleet.dir, "node1", "spot_interruption")
-    records = work / f"records-{size_mb}"
-    result = subprocess.run([PLAYBOOK, "-i", str(fleet.inventory_path), "spot.migration.migrate", "-e", "source=node1",
-                             "-e", f"spot_record_dir={records}", "-e", f"spot_reservation_file={work / 'res.json'}",
-                             "-e", "resume_timeout=300", "-e", "target=standby1"],
-                            env=env(), capture_output=True, text=True, check=False)
+    records = work / f"records-{label}-{size_mb}"
+    rc, events, cpu, tail = run_playbook(fleet, {
+        "source": "node1", "spot_record_dir": str(records), "spot_reservation_file": str(work / f"res-{label}.json"),
+        "resume_timeout": 300, "target": "standby1"}, collections or collections_path(), work)
     done = time.time()
     fleet_mod.inject(fleet.dir, "node1", "clear")
-    if result.returncode:
-        raise SystemExit(result.stdout[-4000:])
+    if rc:
+        raise SystemExit(f"{label}: migrate rc {rc}\n{tail[-4000:]}")
     row = json.loads(next(records.glob("*.json")).read_text())["migrations"][0]
     steps = {
         "detect+plan": ts(row["target_chosen_at"]) - notice,
@@ -98,7 +150,23 @@ def run_ours(fleet, size_mb: int, work: Path) -> dict:
             "notice_to_running_s": round(ts(row["started_on_target_at"]) - notice, 2),
             "notice_to_resumed_s": round(ts(row["resumed_at"]) - notice, 2),
             "playbook_s": round(done - notice, 2), "checkpoint_step": row["checkpoint_step"],
-            "first_new_step": row["first_new_step"]}
+            "first_new_step": row["first_new_step"], "round_trips": round_trips(events),
+            "task_results": sum(1 for e in events if e.get("event") in ("runner_on_ok", "runner_on_failed",
+                                                                         "runner_on_skipped", "runner_on_unreachable")),
+            "controller_cpu_s": round(cpu, 2)}
+
+
+def baseline_collection(ref: str, work: Path) -> Path | None:
+    """The collection as it was at git ``ref`` (the figures' baseline, run in the same run on the same fleet), in a
+    collections path of its own; None when this is not a git checkout."""
+    dest = work / "baseline" / "ansible_collections" / "spot" / "migration"
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref], capture_output=True, check=False)
+    if archive.returncode:
+        print(f"no baseline: git archive {ref}: {archive.stderr.decode(errors='replace').strip()}", flush=True)
+        return None
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return work / "baseline"
 
 
 def raw_rsync(fleet, size_mb: int) -> float:
@@ -167,16 +235,22 @@ def main() -> None:
     parser.add_argument("--runbook-settle", type=int, default=10, help="the runbook's sleep after the signal (s)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="where migration.json goes")
     parser.add_argument("--net", type=int, default=60, help="third octet of the fleet's loopback addresses")
+    parser.add_argument("--baseline-ref", default=BASELINE_REF,
+                        help="git ref of the collection the figures are compared with, run side by side ('' for none)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="spot-bench-mig-"))
     fleet = fleet_mod.up(work / "fleet", nodes=3, standby=1, base_address=f"127.0.{args.net}.10", log=lambda *_: None)
-    report = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"), "sizes": {}}
+    report = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"), "sizes": {},
+              "baseline_ref": args.baseline_ref or None}
     try:
+        old = baseline_collection(args.baseline_ref, work) if args.baseline_ref else None
         for size in (int(s) for s in args.sizes.split(",")):
             ours = run_ours(fleet, size, work)
             raw = raw_rsync(fleet, size)
             entry = {"ours": ours, "raw_rsync_s": round(raw, 2),
                      "transfer_vs_rsync": round(ours["steps_s"]["transfer"] / raw, 2) if raw else None}
+            if old is not None:
+                entry["baseline"] = run_ours(fleet, size, work, old, "baseline")
             if not args.skip_runbook:
                 entry["runbook"] = run_runbook(fleet, size, args.cron_period, args.runbook_settle)
                 entry["speedup_vs_runbook"] = round(entry["runbook"]["notice_to_running_s"] / ours["notice_to_running_s"], 2)

@@ -142,6 +142,27 @@ def figures(parts: dict, mach: str, date: str, smoke: bool) -> dict:
              "since the newest checkpoint on disk, max": loss.get("since_last_checkpoint_max"),
              "replica copy lag s, max": loss.get("replica_copy_lag_s_max"),
              "loss -> running s": [t.get("loss_to_running_s") for t in loss.get("trials", [])]}, "prevention")
+    if mig and mig.get("sizes"):
+        ref = mig.get("baseline_ref")
+        before = f"before the coarse steps ({ref})" if ref else "before"
+        small = min(mig["sizes"], key=lambda k: int(k.split()[0]))
+        s_entry = mig["sizes"][small]
+        put("p9_small_notice_to_running_s", s_entry["ours"]["notice_to_running_s"], "s",
+            f"notice -> running again on the target ({small} checkpoint)",
+            {f"{before} s": (s_entry.get("baseline") or {}).get("notice_to_running_s")}, "migration")
+        size, entry = largest(mig["sizes"])
+        ours, old = entry["ours"], entry.get("baseline") or {}
+        trips = ours.get("round_trips") or {}
+        put("p10_round_trips_per_migration", trips.get("critical_path"), "round trips",
+            f"SSH module round trips on one migration's critical path ({size}), counted from the run's job events "
+            "(per play the most any one host made, plays summed)",
+            {f"{before}": (old.get("round_trips") or {}).get("critical_path"),
+             "ours, all hosts": trips.get("total"), f"{before}, all hosts": (old.get("round_trips") or {}).get("total"),
+             "ours, task results": ours.get("task_results"), f"{before}, task results": old.get("task_results")},
+            "migration")
+        put("p11_controller_cpu_s_per_migration", ours.get("controller_cpu_s"), "s",
+            f"controller CPU seconds of one migration ({size}): ansible-runner, ansible-playbook, its forks and the "
+            "ssh clients (getrusage)", {f"{before} s": old.get("controller_cpu_s")}, "migration")
     ck = parts.get("checkpoint")
     if ck:
         h = ck["manifest_hashing"]
@@ -196,6 +217,19 @@ def markdown(figs: dict, parts: dict, mach: str, date: str, smoke: bool, duratio
                          f"{fmt(e['ours'].get('notice_to_verified_on_target_s'))} s | {s['detect+plan']} s | "
                          f"{s['stop+seal']} s | {s['transfer']} s | {e['raw_rsync_s']} s | {s['verify+start']} s | "
                          f"{fmt(e.get('runbook', {}).get('notice_to_running_s'))} s | {fmt(e.get('speedup_vs_runbook'))} |")
+        if any("baseline" in e for e in mig["sizes"].values()):
+            lines += ["", f"Side by side in the same run, the collection before the coarse steps "
+                      f"(`{mig.get('baseline_ref')}`) on the same fleet:", "",
+                      "| size | | notice -> verified on target | notice -> running | critical-path round trips | "
+                      "round trips, all hosts | task results | controller CPU |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for size, e in mig["sizes"].items():
+                for label, r in (("now", e["ours"]), ("before", e.get("baseline") or {})):
+                    t = r.get("round_trips") or {}
+                    lines.append(f"| {size} | {label} | {fmt(r.get('notice_to_verified_on_target_s'))} s | "
+                                 f"{fmt(r.get('notice_to_running_s'))} s | {fmt(t.get('critical_path'))} | "
+                                 f"{fmt(t.get('total'))} | {fmt(r.get('task_results'))} | "
+                                 f"{fmt(r.get('controller_cpu_s'))} s |")
         book = next((e["runbook"] for e in mig["sizes"].values() if "runbook" in e), None)
         if book:
             lines.append(f"\nThe runbook: a check every {book.get('cron_period_s', 30):g} s (the notice lands mid-cycle: "

@@ -467,8 +467,8 @@ def target_progress(migration_id, here, placed, timeout, check_mode):
     migration_id = check_id(migration_id)
     rows, errors = {}, []
     if check_mode:
-        return {'changed': False, 'progress': {}, 'migration': {'id': migration_id, 'step': 'running', 'target': here,
-                                                                 'workloads': {}}}
+        migration = {'id': migration_id, 'step': 'running', 'target': here, 'workloads': {}}
+        return {'changed': False, 'progress': {}, 'migration': migration}
     deadline = time.time() + float(timeout)
 
     def beyond(name, info):

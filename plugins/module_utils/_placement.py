@@ -226,4 +226,3 @@ def reserve_many(path, requests, candidates, min_free_memory_mb=0, ttl=900, chec
         done['reserved_at'] = clock()
         results.append(done)
     return results
-

@@ -103,8 +103,8 @@ def plan(variables, groups, now=None):
         if len(sources) > 1 and source not in per and variables.get('migration_id'):
             raise MigrationError('a wave of %d sources needs migrations: {source: {migration_id: ...}}, not one '
                                  'migration_id for all' % len(sources))
-        mid = values.get('migration_id') or '%s-%s-%06d' % (time.strftime('%Y%m%dT%H%M%S', time.gmtime(now)), source,
-                                                             random.randint(0, 999999))
+        mid = values.get('migration_id') or '%s-%s-%06d' % (
+            time.strftime('%Y%m%dT%H%M%S', time.gmtime(now)), source, random.randint(0, 999999))
         pinned = values.get('pinned_targets') or {}
         if not isinstance(pinned, dict):
             raise MigrationError('pinned_targets must be a dict of workload -> host, not %r' % (pinned,))
@@ -137,7 +137,7 @@ def plan(variables, groups, now=None):
         }
     exclude = _hosts(variables.get('exclude_hosts') or [], inventory | set(variables.get('exclude_hosts') or []),
                      'exclude_hosts')
-    pool = [h for h in list(groups.get('standby') or []) + list(groups.get('spot') or [])]
+    pool = list(groups.get('standby') or []) + list(groups.get('spot') or [])
     candidates = []
     for host in pool:
         if host not in candidates and host not in sources and host not in exclude:

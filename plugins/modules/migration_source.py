@@ -143,7 +143,7 @@ migration:
     id: {description: The migration id., type: str}
     step: {description: "C(checkpointed), C(transferred), C(transfer_failed), C(cleaned) or C(restarted_on_source).", type: str}
     source: {description: The source., type: str}
-    workloads: {description: Per workload name, what happened to it., type: dict}
+    workloads: {description: "Per workload name, what happened to it.", type: dict}
 moving:
   description: The workloads chosen to move, with their stored specs (V(checkpoint)).
   returned: step=checkpoint

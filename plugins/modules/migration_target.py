@@ -96,7 +96,7 @@ migration:
     id: {description: The migration id., type: str}
     step: {description: "C(started) or C(running).", type: str}
     target: {description: This node., type: str}
-    workloads: {description: Per workload name, what happened to it., type: dict}
+    workloads: {description: "Per workload name, what happened to it.", type: dict}
 placed:
   description: Per workload, the checkpoint in place, its step, when it was verified and started.
   returned: step=place

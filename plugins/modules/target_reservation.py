@@ -125,7 +125,7 @@ reservations:
     target: {description: The chosen host (null when none could take it)., type: str}
     gpus: {description: The GPU indices reserved., type: list, elements: int}
     error: {description: Why no target could take it (null when one did)., type: str}
-    ranked: {description: Every qualifying host, best first., type: list, elements: dict}
+    ranked: {description: "Every qualifying host, best first.", type: list, elements: dict}
     rejected: {description: Every other host with the reason., type: list, elements: dict}
 '''
 

@@ -53,7 +53,7 @@ def scheduler(ledger, clock, window=0.3, batch_max=16, max_concurrent=4):
     started, release = [], threading.Event()
 
     def run(claimed, wave):
-        started.append(([m for m, _ in claimed], wave))
+        started.append(([m for m, _fence in claimed], wave))
         release.wait(10)
 
     s = Scheduler(ledger, run, max_concurrent, window, batch_max, lambda m: m["attempts"] == 0, clock=clock,
@@ -74,8 +74,8 @@ def test_notices_inside_the_window_become_one_run(ledger):
         assert s.tick() == []
         clock.now += 0.25                   # the window (0.3 s) has passed
         runs = s.tick()
-        assert [[m for m, _ in r] for r in runs] == [[first, second, third]]
-        assert all(fence == 1 for _, fence in runs[0])
+        assert [[m for m, _fence in r] for r in runs] == [[first, second, third]]
+        assert all(fence == 1 for _mid, fence in runs[0])
         assert s.status() == {"active": sorted([first, second, third]), "runs": 1}
         # Claimed: nothing more to start, and the next notice opens a new window.
         assert s.tick() == []
@@ -92,7 +92,7 @@ def test_a_full_wave_does_not_wait_for_the_window(ledger):
     try:
         ids = [open_on(ledger, f"node{i}") for i in range(3)]
         runs = s.tick()                     # batch_max reached: no waiting
-        assert [[m for m, _ in r] for r in runs] == [ids[:2], ids[2:]]
+        assert [[m for m, _fence in r] for r in runs] == [ids[:2], ids[2:]]
     finally:
         s.release.set()
         s.stop()
@@ -103,7 +103,7 @@ def test_no_window_runs_at_once_and_lone_migrations_never_wait(ledger):
     s = scheduler(ledger, clock, window=0)
     try:
         first = open_on(ledger, "node1")
-        assert [[m for m, _ in r] for r in s.tick()] == [[first]]
+        assert [[m for m, _fence in r] for r in s.tick()] == [[first]]
     finally:
         s.release.set()
         s.stop()
@@ -118,10 +118,10 @@ def test_no_window_runs_at_once_and_lone_migrations_never_wait(ledger):
     try:
         fresh = open_on(ledger, "node3")
         runs = s2.tick()
-        assert [[m for m, _ in r] for r in runs] == [[resumed]]
+        assert [[m for m, _fence in r] for r in runs] == [[resumed]]
         assert s2.tick() == []              # node3's window still open
         clock2.now += 1
-        assert [[m for m, _ in r] for r in s2.tick()] == [[fresh]]
+        assert [[m for m, _fence in r] for r in s2.tick()] == [[fresh]]
     finally:
         s2.release.set()
         s2.stop()
@@ -133,11 +133,11 @@ def test_runs_in_flight_are_bounded(ledger):
     s = scheduler(ledger, clock, window=0, batch_max=1, max_concurrent=2)
     try:
         ids = [open_on(ledger, f"node{i}") for i in range(3)]
-        assert [[m for m, _ in r] for r in s.tick()] == [ids[:1], ids[1:2]]
+        assert [[m for m, _fence in r] for r in s.tick()] == [ids[:1], ids[1:2]]
         assert s.tick() == []               # two runs in flight: the third waits
         s.release.set()
         threading.Event().wait(0.3)
-        assert [[m for m, _ in r] for r in s.tick()] == [ids[2:]]
+        assert [[m for m, _fence in r] for r in s.tick()] == [ids[2:]]
     finally:
         s.release.set()
         s.stop()

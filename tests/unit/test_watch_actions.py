@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from spot_migration.watch import actions
 
@@ -78,3 +77,20 @@ def test_workload_plays_pass_names_as_data():
     plays = actions.workload_plays(["node1", "standby1"], ["a; rm -rf /"], remove_from="node1")
     assert plays[0]["hosts"] == "node1" and plays[0]["tasks"][1]["vars"] == {"names": ["a; rm -rf /"]}
     assert plays[1]["hosts"] == "node1,standby1"
+
+
+def test_kept_control_dir_outlives_runs_and_close_stops_its_masters(tmp_path):
+    acts = actions.Actions(str(tmp_path / "inventory.ini"), tmp_path / "runs", log=lambda *_: None)
+    kept = acts.kept_control_dir("sweep")
+    assert acts.kept_control_dir("sweep") == kept and Path(kept).is_dir()
+    # A stand-in for an SSH master connection, named as ssh names its mux masters ("ssh: <control path> [mux]").
+    master = subprocess.Popen(["bash", "-c", f'exec -a "ssh: {kept}/5f2a [mux]" sleep 60'])
+    time.sleep(0.2)
+    try:
+        acts.close()
+        assert master.wait(5) == -15
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()
+    assert not Path(kept).exists()

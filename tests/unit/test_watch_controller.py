@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 from spot_migration import module_utils
-from spot_migration.watch import actions
 from spot_migration.watch.app import Watcher
 from spot_migration.watch.config import load
 from spot_migration.watch.controller import Controller, ControllerError, read_token

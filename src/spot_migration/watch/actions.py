@@ -67,6 +67,34 @@ class Actions:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.runs_dir, 0o700)
         self.log = log
+        self._kept: dict[str, str] = {}
+
+    def kept_control_dir(self, purpose: str) -> str:
+        """An SSH control directory that outlives one run, for runs that come back every few seconds to the same
+        hosts (the sweep): their connections stay open (ControlPersist) instead of being set up again each time.
+        Removed, with its master connections, by ``close``."""
+        if purpose not in self._kept:
+            self._kept[purpose] = tempfile.mkdtemp(prefix=f"spot-cp-{purpose}-")
+        return self._kept[purpose]
+
+    def close(self) -> None:
+        """Stop the SSH master connections of the kept control directories and remove them."""
+        for directory in self._kept.values():
+            for entry in os.scandir("/proc"):
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                        cmdline = handle.read()
+                except OSError:
+                    continue
+                if cmdline.startswith(b"ssh") and directory.encode() in cmdline:
+                    try:
+                        os.kill(int(entry.name), signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            shutil.rmtree(directory, ignore_errors=True)
+        self._kept.clear()
 
     def _env(self, marker: str | None, control_dir: str) -> dict[str, str]:
         env = {
@@ -230,10 +258,20 @@ def locate(actions: Actions, ident: str, hosts: list[str], remove: tuple[str, li
     return found
 
 
+# The sweep's play: only the probe (spot.migration.probe also prints and sets facts for people; each more task is one
+# more fork per host on the controller, every sweep).
+SWEEP_PLAY = [{"name": "Probe for eviction notices", "hosts": "{{ probe_hosts }}", "gather_facts": False, "tasks": [
+    {"name": "Read the eviction notice", "spot.migration.eviction_info": {
+        "provider": "{{ spot_provider | default('auto') }}", "metadata_url": "{{ spot_metadata_url | default(omit) }}",
+        "timeout": "{{ probe_timeout }}", "imds_version": "{{ spot_imds_version | default('auto') }}",
+        "fail_on_error": False}}]}]
+
+
 def sweep(actions: Actions, hosts: list[str], timeout: float, on_notice: Callable[[str, dict], None],
-          forks: int = 20) -> tuple[int, float]:
-    """Run ``spot.migration.probe`` on ``hosts``; ``on_notice(host, result)`` for each host's result
-    (blind ones included). Returns (rc, seconds)."""
+          forks: int = 100) -> tuple[int, float]:
+    """One run probing every host in ``hosts`` at once (one fork per host, at most ``forks``), over SSH connections
+    kept open between sweeps; ``on_notice(host, result)`` for each host's result (blind ones included). Returns
+    (rc, seconds)."""
     start = time.monotonic()
 
     def on_event(event: dict) -> None:
@@ -247,7 +285,8 @@ def sweep(actions: Actions, hosts: list[str], timeout: float, on_notice: Callabl
                                      "evicting": False, "kind": "none", "notice_id": None})
 
     ident = f"sweep-{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns() % 10**6}"
-    rc, private = actions.run(ident, "spot.migration.probe", {"probe_hosts": ",".join(hosts), "probe_timeout": timeout},
-                              on_event=on_event, forks=forks)
+    rc, private = actions.run(ident, SWEEP_PLAY, {"probe_hosts": ",".join(hosts), "probe_timeout": timeout},
+                              on_event=on_event, forks=max(1, min(len(hosts), int(forks))),
+                              control_dir=actions.kept_control_dir("sweep"))
     shutil.rmtree(private, ignore_errors=True)  # a sweep every 15 s would fill the disk; its results are in the ledger
     return rc, time.monotonic() - start

@@ -636,6 +636,7 @@ class Watcher:
         self.scheduler.stop()
         for thread in self.threads:
             thread.join(wait)
+        self.actions.close()
         self.alerter.close()
         self.ledger.close()
 

@@ -30,7 +30,7 @@ class SweepConfig:
     hosts: str = "silent"          # silent: nodes whose agent is quiet or missing; all; none
     group: str = "spot"
     timeout: float = 5.0
-    forks: int = 20                 # hosts probed in parallel
+    forks: int = 100                # at most this many hosts probed in parallel (a sweep forks one per host)
 
 
 @dataclass
