@@ -35,8 +35,8 @@ def _guard(func):
 
 CONNECTION = ('ansible_host', 'ansible_port', 'ansible_user', 'ansible_ssh_private_key_file', 'ansible_ssh_common_args',
               'spot_checkpoint_root', 'spot_ssh_config', 'spot_lifecycle', 'spot_provider')
-RESULTS = ('migrate_checkpoint', 'migrate_release', 'migrate_moved', 'migrate_placed', 'migrate_progress', 'migrate_gpus',
-           'migrate_cand_notice')
+RESULTS = ('migrate_checkpoint', 'migrate_release', 'migrate_moved', 'migrate_placed', 'migrate_progress',
+           'migrate_described')
 
 
 def _host_vars(hostvars, hosts, names=CONNECTION + RESULTS):
@@ -107,8 +107,8 @@ def migration_moved(the_plan, source, checkpoint, release, retry=None, relay=Non
 
 
 @_guard
-def migration_placements(moved_by_source, target=None):
-    return _plan.placements(_plain(moved_by_source), target)
+def migration_placements(moved_by_source, target=None, the_plan=None):
+    return _plan.placements(_plain(moved_by_source), target, _plain(the_plan) if the_plan is not None else None)
 
 
 @_guard

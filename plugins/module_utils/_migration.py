@@ -25,6 +25,7 @@ import shutil
 import threading
 import time
 
+from ._gpu import gpu_facts
 from ._checkpoint import CheckpointError, find_checkpoint, read_manifest, seal, verify, wait_for_checkpoint
 from ._transfer import Endpoint, TransferError, create_transfer
 from ._workload import (RUNTIMES, WorkloadError, build_spec, check_fence, create_driver, ensure_absent,
@@ -502,3 +503,19 @@ def manifest_step(checkpoint):
     """The step a sealed checkpoint's manifest names (None when unsealed)."""
     manifest = read_manifest(checkpoint)
     return manifest.get('step') if manifest else None
+
+
+def target_describe(host, lifecycle, gpu_backend, notice_check=None):
+    """One candidate target as placement ranks it, in one call: its GPUs (``gpu_backend()`` makes the backend) and,
+    for a spot node (``notice_check()`` reads its metadata service, never raising), whether it has a notice of its
+    own. A node whose GPUs or metadata cannot be read is described as blind, with the error, never as free."""
+    error, gpus = None, {}
+    try:
+        gpus = gpu_facts(gpu_backend())
+    except Exception as exc:  # noqa: BLE001 - any failure reading the GPUs makes this node unusable, said why
+        error = 'GPUs unreadable: %s' % exc
+    notice = notice_check() if notice_check is not None else {}
+    error = error or notice.get('error')
+    return {'changed': False, 'notice': notice or None, 'candidate': {
+        'host': host, 'free_gpus': gpus.get('free_gpus') or [], 'gpus': gpus.get('gpus') or [], 'lifecycle': lifecycle,
+        'evicting': bool(notice.get('evicting')), 'blind': bool(error), 'error': error}}

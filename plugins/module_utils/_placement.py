@@ -226,3 +226,41 @@ def reserve_many(path, requests, candidates, min_free_memory_mb=0, ttl=900, chec
         done['reserved_at'] = clock()
         results.append(done)
     return results
+
+
+# target_reservation's options: the module and its action plugin (which runs this in-process on the controller).
+MODULE_SPEC = {
+    'argument_spec': dict(
+        path=dict(type='path', required=True),
+        owner=dict(type='str'),
+        requests=dict(type='list', elements='dict'),
+        state=dict(type='str', default='present', choices=['present', 'absent']),
+        candidates=dict(type='list', elements='dict', default=[]),
+        gpus=dict(type='int', default=1),
+        min_free_memory_mb=dict(type='int', default=0),
+        exclude=dict(type='list', elements='str', default=[]),
+        target=dict(type='str'),
+        ttl=dict(type='float', default=900.0),
+        adopt=dict(type='str'),
+    ),
+    'required_one_of': [('owner', 'requests')],
+    'mutually_exclusive': [('owner', 'requests')],
+}
+
+
+def run_reservation(p, check_mode):
+    """target_reservation: reserve for one owner or for many requests at once (one joint reservation), or release."""
+    if p['requests'] is not None and p['state'] == 'absent':
+        done = [release(p['path'], r.get('owner'), check_mode) for r in p['requests'] if r.get('owner')]
+        return {'changed': any(d['changed'] for d in done), 'rejected': [], 'reservations': []}
+    if p['requests'] is not None:
+        reservations = reserve_many(p['path'], p['requests'], p['candidates'], p['min_free_memory_mb'], p['ttl'],
+                                    check_mode)
+        return {'changed': any(r['changed'] for r in reservations), 'reservations': reservations,
+                'rejected': [x for r in reservations for x in r['rejected']]}
+    if p['state'] == 'absent':
+        result = release(p['path'], p['owner'], check_mode)
+        result['rejected'] = []
+        return result
+    return reserve(p['path'], p['owner'], p['candidates'], p['gpus'], p['min_free_memory_mb'], p['exclude'],
+                   p['ttl'], p['target'], check_mode, adopt=p['adopt'])

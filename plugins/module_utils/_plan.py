@@ -138,9 +138,13 @@ def plan(variables, groups, now=None):
     exclude = _hosts(variables.get('exclude_hosts') or [], inventory | set(variables.get('exclude_hosts') or []),
                      'exclude_hosts')
     pool = list(groups.get('standby') or []) + list(groups.get('spot') or [])
+    # Only the nodes that can be chosen are asked: the pinned target, or the targets a resumed run already holds.
+    only = set([target] if target else [])
+    if not only and all(e['workloads'] and set(e['workloads']) <= set(e['pinned_targets']) for e in by_source.values()):
+        only = set(t for e in by_source.values() for t in e['pinned_targets'].values())
     candidates = []
     for host in pool:
-        if host not in candidates and host not in sources and host not in exclude:
+        if host not in candidates and host not in sources and host not in exclude and (not only or host in only):
             candidates.append(host)
     settings = {}
     for key, default in (('safety_margin', 5.0), ('default_deadline', 30.0), ('resume_timeout', 120.0)):
@@ -186,15 +190,19 @@ def candidate(host, gpus, notice, lifecycle):
 
 
 def candidates(the_plan, host_vars, groups):
-    """Every candidate target described (``migrate_gpus`` / ``migrate_cand_notice`` registered on it)."""
+    """Every candidate target described (``migrate_described``: migration_target step=describe registered on it);
+    one that could not be asked (unreachable, failed) is blind."""
     out = []
     for host in the_plan['candidates']:
-        hv = host_vars.get(host) or {}
-        if 'migrate_gpus' not in hv:
+        described = (host_vars.get(host) or {}).get('migrate_described')
+        if not described or described.get('skipped'):
             continue
-        lifecycle = hv.get('spot_lifecycle') or ('on-demand' if host in (groups.get('standby') or []) else 'spot')
-        notice = hv.get('migrate_cand_notice') or {}
-        out.append(candidate(host, hv.get('migrate_gpus'), {} if notice.get('skipped') else notice, lifecycle))
+        if described.get('candidate'):
+            out.append(described['candidate'])
+            continue
+        lifecycle = (host_vars.get(host) or {}).get('spot_lifecycle') or (
+            'on-demand' if host in (groups.get('standby') or []) else 'spot')
+        out.append(candidate(host, {'failed': True, 'msg': described.get('msg') or 'not described'}, {}, lifecycle))
     return out
 
 
@@ -246,8 +254,15 @@ def retry_requests(the_plan, source, release, assigned=None):
     return out
 
 
+def _fenced(entry, before):
+    return MigrationError('fenced: migration %s now belongs to a newer run (this run holds token %s); stopping before %s'
+                          % (entry['id'], entry.get('fence'), before))
+
+
 def assignments(the_plan, source, reservations, hostvars, controller=False):
-    """``{workload: endpoint + gpus + owner + replica_root}`` for one source, from the joint reservation's results."""
+    """``{workload: endpoint + gpus + owner + replica_root}`` for one source, from the joint reservation's results.
+    Only while this run still holds the migration (its fence): otherwise MigrationError, so the task that would stop
+    the source copy fails before it starts."""
     entry = the_plan['by_source'][source]
     src_vars = hostvars.get(source) or {}
     out = {}
@@ -261,6 +276,8 @@ def assignments(the_plan, source, reservations, hostvars, controller=False):
         point.update({'gpus': list(r.get('gpus') or []), 'owner': r['owner'],
                       'replica_root': replica.get('root') if replica.get('target') == target else None})
         out[name] = point
+    if out and not fence_holds(entry):
+        raise _fenced(entry, 'anything changes')
     return out
 
 
@@ -301,8 +318,9 @@ def gather(host_vars, hosts, name):
     return dict((h, (host_vars.get(h) or {})[name]) for h in hosts if name in (host_vars.get(h) or {}))
 
 
-def placements(moved_by_source, target=None):
-    """What ``target`` gets (every target's when None): the moved rows that landed there."""
+def placements(moved_by_source, target=None, the_plan=None):
+    """What ``target`` gets (every target's when None): the moved rows that landed there. With ``the_plan``, only
+    while this run still holds each row's migration (its fence): otherwise MigrationError, before anything starts."""
     out = []
     for _source, rows in sorted((moved_by_source or {}).items()):
         for r in rows or []:
@@ -311,6 +329,9 @@ def placements(moved_by_source, target=None):
             if r['transfer'] != 'shared' and not r.get('staged'):
                 continue
             if target is None or r['target'] == target:
+                entry = (the_plan or {}).get('by_source', {}).get(r.get('source') or _source)
+                if entry is not None and not fence_holds(entry):
+                    raise _fenced(entry, '%s starts' % r.get('name'))
                 out.append(dict(r, gpus=r.get('gpus') or []))
     return out
 

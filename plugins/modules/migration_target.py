@@ -9,9 +9,12 @@ __metaclass__ = type
 
 DOCUMENTATION = r'''
 module: migration_target
-short_description: The target side of a migration, in coarse steps (place, progress)
+short_description: The target side of a migration, in coarse steps (describe, place, progress)
 version_added: 1.1.0
 description:
+  - V(describe) says, in one call, what a candidate target offers - its GPUs (free ones included) and, with
+    O(check_notice), whether it has an eviction notice of its own - as the placement ranks it. A node whose GPUs or
+    metadata service cannot be read is described as blind (with the error), never as free. It changes nothing.
   - V(place) verifies each staged checkpoint against its manifest (every file hashed), renames it into the workload's
     checkpoint directory (atomic renames on one file system; the manifest of a single-file checkpoint first), removes
     the staging directory and starts the workload from it. A copy already in place is verified and left; a workload
@@ -34,11 +37,12 @@ options:
     description: Which step to run.
     type: str
     required: true
-    choices: [place, progress]
+    choices: [describe, place, progress]
   migration_id:
-    description: The migration's id (the staging directory's name); letters, digits and C(._:+-) only.
+    description:
+      - The migration's id (the staging directory's name); letters, digits and C(._:+-) only.
+      - Required for V(place) and V(progress).
     type: str
-    required: true
   target:
     description: This node's inventory name, for messages and the result.
     type: str
@@ -67,9 +71,32 @@ options:
   container_cli:
     description: Path of the container CLI, when not on PATH.
     type: path
+  lifecycle:
+    description: V(describe) - this node's lifecycle as the placement ranks it (C(on-demand) nodes first).
+    type: str
+    default: spot
+  check_notice:
+    description: V(describe) - also read this node's metadata service for a notice of its own (spot nodes).
+    type: bool
+    default: false
+  provider:
+    description: V(describe) - the cloud's metadata dialect, as in M(spot.migration.eviction_info).
+    type: str
+    default: auto
+    choices: [auto, aws, gcp, azure]
+  metadata_url:
+    description: V(describe) - the metadata service's base URL, as in M(spot.migration.eviction_info).
+    type: str
 '''
 
 EXAMPLES = r'''
+- name: Describe a candidate target
+  spot.migration.migration_target:
+    step: describe
+    target: "{{ inventory_hostname }}"
+    check_notice: "{{ inventory_hostname in groups['spot'] }}"
+  register: described
+
 - name: Verify, put in place and start
   spot.migration.migration_target:
     step: place
@@ -97,6 +124,14 @@ migration:
     step: {description: "C(started) or C(running).", type: str}
     target: {description: This node., type: str}
     workloads: {description: "Per workload name, what happened to it.", type: dict}
+candidate:
+  description: "This node as the placement ranks it: C({host, free_gpus, gpus, lifecycle, evicting, blind, error})."
+  returned: step=describe
+  type: dict
+notice:
+  description: This node's own notice, as M(spot.migration.eviction_info) returns it (null when not asked).
+  returned: step=describe
+  type: dict
 placed:
   description: Per workload, the checkpoint in place, its step, when it was verified and started.
   returned: step=place
@@ -115,14 +150,18 @@ errors:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.spot.migration.plugins.module_utils._common import command_runner, fail_on_exception
-from ansible_collections.spot.migration.plugins.module_utils._migration import MigrationError, target_place, target_progress
+from ansible_collections.spot.migration.plugins.module_utils._gpu import create_backend
+from ansible_collections.spot.migration.plugins.module_utils._http import ansible_fetch
+from ansible_collections.spot.migration.plugins.module_utils._metadata import check_notice
+from ansible_collections.spot.migration.plugins.module_utils._migration import (MigrationError, target_describe,
+                                                                                 target_place, target_progress)
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            step=dict(type='str', required=True, choices=['place', 'progress']),
-            migration_id=dict(type='str', required=True),
+            step=dict(type='str', required=True, choices=['describe', 'place', 'progress']),
+            migration_id=dict(type='str'),
             target=dict(type='str', required=True),
             placements=dict(type='list', elements='dict', default=[]),
             placed=dict(type='dict', default={}),
@@ -130,12 +169,23 @@ def main():
             resume_timeout=dict(type='float', default=120.0),
             workload_root=dict(type='path'),
             container_cli=dict(type='path'),
+            lifecycle=dict(type='str', default='spot'),
+            check_notice=dict(type='bool', default=False),
+            provider=dict(type='str', default='auto', choices=['auto', 'aws', 'gcp', 'azure']),
+            metadata_url=dict(type='str'),
         ),
+        required_if=[('step', 'place', ['migration_id']), ('step', 'progress', ['migration_id'])],
         supports_check_mode=True,
     )
     p = module.params
     with fail_on_exception(module, (MigrationError,)):
-        if p['step'] == 'place':
+        if p['step'] == 'describe':
+            notice_params = {'provider': p['provider'], 'metadata_url': p['metadata_url'], 'fail_on_error': False}
+            result = target_describe(
+                p['target'], p['lifecycle'],
+                lambda: create_backend('auto', command_runner(module), which=module.get_bin_path),
+                (lambda: check_notice(ansible_fetch, notice_params)) if p['check_notice'] else None)
+        elif p['step'] == 'place':
             result = target_place(command_runner(module), module.get_bin_path, p['migration_id'], p['target'],
                                   p['placements'], p['checkpoint_root'], module.check_mode, p['workload_root'],
                                   p['container_cli'])

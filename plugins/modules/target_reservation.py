@@ -132,44 +132,13 @@ reservations:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.spot.migration.plugins.module_utils._common import fail_on_exception
-from ansible_collections.spot.migration.plugins.module_utils._placement import release, reserve, reserve_many
+from ansible_collections.spot.migration.plugins.module_utils._placement import MODULE_SPEC, run_reservation
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type='path', required=True),
-            owner=dict(type='str'),
-            requests=dict(type='list', elements='dict'),
-            state=dict(type='str', default='present', choices=['present', 'absent']),
-            candidates=dict(type='list', elements='dict', default=[]),
-            gpus=dict(type='int', default=1),
-            min_free_memory_mb=dict(type='int', default=0),
-            exclude=dict(type='list', elements='str', default=[]),
-            target=dict(type='str'),
-            ttl=dict(type='float', default=900.0),
-            adopt=dict(type='str'),
-        ),
-        required_one_of=[('owner', 'requests')],
-        mutually_exclusive=[('owner', 'requests')],
-        supports_check_mode=True,
-    )
-    p = module.params
+    module = AnsibleModule(supports_check_mode=True, **MODULE_SPEC)
     with fail_on_exception(module):
-        if p['requests'] is not None and p['state'] == 'absent':
-            done = [release(p['path'], r.get('owner'), module.check_mode) for r in p['requests'] if r.get('owner')]
-            result = {'changed': any(d['changed'] for d in done), 'rejected': [], 'reservations': []}
-        elif p['requests'] is not None:
-            reservations = reserve_many(p['path'], p['requests'], p['candidates'], p['min_free_memory_mb'], p['ttl'],
-                                        module.check_mode)
-            result = {'changed': any(r['changed'] for r in reservations), 'reservations': reservations,
-                      'rejected': [x for r in reservations for x in r['rejected']]}
-        elif p['state'] == 'absent':
-            result = release(p['path'], p['owner'], module.check_mode)
-            result['rejected'] = []
-        else:
-            result = reserve(p['path'], p['owner'], p['candidates'], p['gpus'], p['min_free_memory_mb'], p['exclude'],
-                             p['ttl'], p['target'], module.check_mode, adopt=p['adopt'])
+        result = run_reservation(module.params, module.check_mode)
     module.exit_json(**result)
 
 

@@ -84,3 +84,40 @@ def test_joint_reservation_never_promises_a_gpu_twice(tmp_path):
     again = placement.reserve_many(path, [{"owner": "a/w1", "gpus": 1, "release_first": True, "exclude": ["standby1"]}],
                                    candidates)
     assert again[0]["target"] is None and not os.path.exists(path + ".tmp")
+
+
+def test_a_superseded_fence_stops_before_the_source_stops_and_before_the_target_starts(tmp_path):
+    fence = tmp_path / "fence"
+    fence.write_text("3\n")
+    the_plan = plan_mod.plan({"source": "node1", "migration_id": "m-1", "fence_file": str(fence), "migration_fence": "3"},
+                          GROUPS)
+    reservations = [{"owner": "m-1/w", "name": "w", "source": "node1", "target": "standby1", "gpus": [0]}]
+    assert set(plan_mod.assignments(the_plan, "node1", reservations, {})) == {"w"}
+    moved = {"node1": [{"name": "w", "source": "node1", "target": "standby1", "transfer": "rsync", "staged": True}]}
+    assert [p["name"] for p in plan_mod.placements(moved, "standby1", the_plan)] == ["w"]
+    fence.write_text("4\n")  # another watcher took the migration over
+    with pytest.raises(plan_mod.MigrationError, match=r"fenced: migration m-1 .* token 3\); stopping before anything changes"):
+        plan_mod.assignments(the_plan, "node1", reservations, {})
+    with pytest.raises(plan_mod.MigrationError, match="stopping before w starts"):
+        plan_mod.placements(moved, "standby1", the_plan)
+    # A source with nothing to do is not failed for it.
+    assert plan_mod.assignments(the_plan, "node1", [], {}) == {}
+
+
+def test_only_the_pinned_target_is_asked():
+    assert plan_mod.plan({"source": "node1"}, GROUPS)["candidates"] == ["standby1", "node2"]
+    assert plan_mod.plan({"source": "node1", "target": "node2"}, GROUPS)["candidates"] == ["node2"]
+    # A resumed run whose every workload already has its target reserved asks only those targets.
+    resumed = {"source": "node1", "workloads": ["w"], "include_stopped": True, "pinned_targets": {"w": "standby1"}}
+    assert plan_mod.plan(resumed, GROUPS)["candidates"] == ["standby1"]
+    assert plan_mod.plan(dict(resumed, workloads=["w", "v"]), GROUPS)["candidates"] == ["standby1", "node2"]
+
+
+def test_describe_is_blind_when_the_gpus_cannot_be_read():
+    def broken():
+        raise OSError("nvidia-smi: not found")
+    out = mig.target_describe("standby1", "on-demand", broken, lambda: {"evicting": False, "error": None})
+    assert out["candidate"] == {"host": "standby1", "free_gpus": [], "gpus": [], "lifecycle": "on-demand",
+                                "evicting": False, "blind": True, "error": "GPUs unreadable: nvidia-smi: not found"}
+    out = mig.target_describe("node2", "spot", broken, None)
+    assert out["notice"] is None and out["candidate"]["blind"]
