@@ -153,8 +153,8 @@ from ansible_collections.spot.migration.plugins.module_utils._common import comm
 from ansible_collections.spot.migration.plugins.module_utils._gpu import create_backend
 from ansible_collections.spot.migration.plugins.module_utils._http import ansible_fetch
 from ansible_collections.spot.migration.plugins.module_utils._metadata import check_notice
-from ansible_collections.spot.migration.plugins.module_utils._migration import (MigrationError, target_describe,
-                                                                                 target_place, target_progress)
+from ansible_collections.spot.migration.plugins.module_utils._migration import MigrationError, target_describe
+from ansible_collections.spot.migration.plugins.module_utils._migration import target_place, target_progress
 
 
 def main():

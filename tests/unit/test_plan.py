@@ -89,8 +89,8 @@ def test_joint_reservation_never_promises_a_gpu_twice(tmp_path):
 def test_a_superseded_fence_stops_before_the_source_stops_and_before_the_target_starts(tmp_path):
     fence = tmp_path / "fence"
     fence.write_text("3\n")
-    the_plan = plan_mod.plan({"source": "node1", "migration_id": "m-1", "fence_file": str(fence), "migration_fence": "3"},
-                          GROUPS)
+    variables = {"source": "node1", "migration_id": "m-1", "fence_file": str(fence), "migration_fence": "3"}
+    the_plan = plan_mod.plan(variables, GROUPS)
     reservations = [{"owner": "m-1/w", "name": "w", "source": "node1", "target": "standby1", "gpus": [0]}]
     assert set(plan_mod.assignments(the_plan, "node1", reservations, {})) == {"w"}
     moved = {"node1": [{"name": "w", "source": "node1", "target": "standby1", "transfer": "rsync", "staged": True}]}
