@@ -3,6 +3,7 @@ agent is told, and what its heartbeats record (the real ledger and metrics; no f
 
 from __future__ import annotations
 
+import threading
 import time
 from types import SimpleNamespace
 
@@ -24,7 +25,8 @@ def replicator(tmp_path):
     watcher = SimpleNamespace(config=config, ledger=Ledger(tmp_path / "ledger.db"), metrics=Metrics(), log=logged.append,
                               groups={"spot": ["node1", "node2"], "standby": ["standby1"], "all": []}, active={},
                               reservation_file=tmp_path / "reservations.json", logged=logged)
-    rep = Replicator(watcher)
+    rep = Replicator(config, watcher.ledger, None, watcher.groups, watcher.reservation_file, watcher.metrics,
+                     logged.append, threading.Event(), busy=lambda: False)
     rep.access = {
         "node1": {"host": "10.0.0.1", "port": "22", "root": "/data/ckpt", "ssh_config": "/etc/spot/ssh_config",
                   "python": "/usr/bin/python3"},
@@ -35,12 +37,13 @@ def replicator(tmp_path):
     for name, node in (("job", "node1"), ("other", "node2")):
         watcher.ledger.workload_seen(name, node, SPEC, 1)
         watcher.ledger.set_replica(name, "standby1", [0])
+    rep.logged = logged
     return rep
 
 
 def plan(rep):
     return [{"source": w["node"], "workload": w["name"], "checkpoint_dir": SPEC["checkpoint_dir"], "replica": w["replica"],
-             "last_step": -1, "link_dest": False} for w in rep.w.ledger.workloads()]
+             "last_step": -1, "link_dest": False} for w in rep.ledger.workloads()]
 
 
 def heartbeat(node, version="1.1.0", capabilities=("replicate",), replicas=(), interval=5.0):
@@ -61,7 +64,7 @@ def test_only_workloads_on_nodes_whose_agent_replicates_go_to_the_agent(replicat
 
 
 def test_a_silent_agent_loses_its_plan_to_the_playbook(replicator, monkeypatch):
-    replicator.w.config.heartbeat_timeout = 4.0  # shorter than the agent's interval: three intervals count then
+    replicator.watch_config.heartbeat_timeout = 4.0  # shorter than the agent's interval: three intervals count then
     replicator.agent_report("node1", heartbeat("node1", interval=5.0))
     now = time.time()
     monkeypatch.setattr(time, "time", lambda: now + 14)  # between two heartbeats, late ones included: still the agent's
@@ -84,16 +87,16 @@ def test_reported_replicas_are_recorded_once_and_old_plans_ignored(replicator):
               "replicated_at": now - 1, "seconds": 0.8}
     replicator.agent_report("node1", heartbeat("node1", replicas=[report]))
     replicator.agent_report("node1", heartbeat("node1", replicas=[report]))  # the next heartbeat says it again
-    row = next(w for w in replicator.w.ledger.workloads() if w["name"] == "job")
+    row = next(w for w in replicator.ledger.workloads() if w["name"] == "job")
     assert (row["replica_step"], row["replica_root"], row["replica_bytes"]) == (800, report["replica_root"], 4096)
     assert row["replicated_at"] == pytest.approx(now - 1)
-    copied = replicator.w.metrics.replications.labels("copied")._value.get()
+    copied = replicator.metrics.replications.labels("copied")._value.get()
     assert copied == 1
     # A report about another replica node (an old plan) changes nothing; a failure is logged once.
     replicator.agent_report("node1", heartbeat("node1", replicas=[dict(report, replica="node2", step=1600)]))
     failed = dict(report, source_step=1600, error="copy of step 1600 to 10.0.0.9 failed (rsync exit 12)")
     replicator.agent_report("node1", heartbeat("node1", replicas=[failed]))
     replicator.agent_report("node1", heartbeat("node1", replicas=[failed]))
-    row = next(w for w in replicator.w.ledger.workloads() if w["name"] == "job")
+    row = next(w for w in replicator.ledger.workloads() if w["name"] == "job")
     assert row["replica_step"] == 800 and row["source_step"] == 1600 and "rsync exit 12" in row["error"]
-    assert sum("rsync exit 12" in line for line in replicator.w.logged) == 1
+    assert sum("rsync exit 12" in line for line in replicator.logged) == 1

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import module_utils
@@ -53,11 +55,18 @@ def discovery_plays(sources: list[str], candidates: list[str]) -> list[dict]:
 
 
 class Replicator:
-    def __init__(self, watcher: Any):
-        self.w = watcher
-        self.config = watcher.config.replication
+    """The replication part of the watcher. Its dependencies, named: the watcher's ``config``, the ``ledger``, the
+    ``actions`` that run plays, the inventory's ``groups``, the controller's ``reservation_file``, the ``metrics``, a
+    ``log``, the ``stopping`` event and ``busy()`` (migrations in flight: a round waits for them)."""
+
+    def __init__(self, config: Any, ledger: Any, actions: Any, groups: dict[str, list[str]], reservation_file: Any,
+                 metrics: Any, log: Callable[[str], None], stopping: threading.Event, busy: Callable[[], bool]):
+        self.watch_config = config
+        self.config = config.replication
+        self.ledger, self.actions, self.groups, self.metrics, self.log = ledger, actions, groups, metrics, log
+        self.stopping, self.busy = stopping, busy
         self.placement = module_utils("_placement")
-        self.reservations = str(watcher.reservation_file)
+        self.reservations = str(reservation_file)
         self.capacity: dict[str, dict] = {}
         self.rounds = 0
         self.last_round: dict[str, Any] = {}
@@ -71,20 +80,20 @@ class Replicator:
 
     # ------------------------------------------------------------------ helpers
     def _healthy_spot(self) -> list[str]:
-        groups = self.w.groups
-        lost = set(self.w.ledger.lost_nodes())
-        evicting = set(self.w.ledger.evicting_nodes())
-        moving = {m["source"] for m in self.w.ledger.migrations(open_only=True)}
-        return [h for h in groups.get(self.w.config.sweep.group, []) if h not in lost | evicting | moving]
+        groups = self.groups
+        lost = set(self.ledger.lost_nodes())
+        evicting = set(self.ledger.evicting_nodes())
+        moving = {m["source"] for m in self.ledger.migrations(open_only=True)}
+        return [h for h in groups.get(self.watch_config.sweep.group, []) if h not in lost | evicting | moving]
 
     def _candidates(self) -> list[str]:
-        lost = set(self.w.ledger.lost_nodes())
-        evicting = set(self.w.ledger.evicting_nodes())
-        hosts = list(dict.fromkeys(self.w.groups.get("standby", []) + self.w.groups.get(self.w.config.sweep.group, [])))
+        lost = set(self.ledger.lost_nodes())
+        evicting = set(self.ledger.evicting_nodes())
+        hosts = list(dict.fromkeys(self.groups.get("standby", []) + self.groups.get(self.watch_config.sweep.group, [])))
         return [h for h in hosts if h not in lost | evicting]
 
     def _describe(self, host: str, res: dict) -> dict:
-        standby = host in self.w.groups.get("standby", [])
+        standby = host in self.groups.get("standby", [])
         return {"host": host, "free_gpus": res.get("free_gpus") or [], "gpus": res.get("gpus") or [],
                 "lifecycle": "on-demand" if standby else "spot", "evicting": False,
                 "blind": bool(res.get("failed")), "error": res.get("msg") if res.get("failed") else None}
@@ -92,13 +101,13 @@ class Replicator:
     # ------------------------------------------------------------------ one round
     def round_once(self) -> dict[str, Any]:
         start = time.monotonic()
-        if self.w.active:
+        if self.busy():
             # Migrations in flight come first: a round would compete with them for the controller and the network.
             self.last_round = {"skipped": "migrations in flight", "at": time.time()}
             return self.last_round
         self.rounds += 1
         sources = self._healthy_spot()
-        known = {w["name"]: w for w in self.w.ledger.workloads()}
+        known = {w["name"]: w for w in self.ledger.workloads()}
         every = max(1, int(self.config.capacity_every))
         # Asking the nodes what runs is a run of its own: every few rounds (a new workload waits that long for its
         # first replica), at once when the last round saw a failure (a workload may have ended or moved).
@@ -124,7 +133,7 @@ class Replicator:
 
         plays = discovery_plays(sources if want_scan else [], self._candidates() if want_capacity else [])
         if plays:
-            rc, private = self.w.actions.run(f"replicate-scan-{time.monotonic_ns()}", plays, on_event=on_event,
+            rc, private = self.actions.run(f"replicate-scan-{time.monotonic_ns()}", plays, on_event=on_event,
                                              control_dir=self.control_dir)
             if rc == 0:
                 shutil.rmtree(private, ignore_errors=True)
@@ -132,10 +141,10 @@ class Replicator:
             self.capacity = capacity
         # Workloads: what runs where now. A workload gone from every node it could be on releases its target.
         for name, item in seen.items():
-            self.w.ledger.workload_seen(name, item["node"], item["spec"], len(item["spec"].get("gpus") or []))
+            self.ledger.workload_seen(name, item["node"], item["spec"], len(item["spec"].get("gpus") or []))
         for name, row in known.items():
             if want_scan and name not in seen and row["node"] in reached:
-                self.w.ledger.workload_gone(name)
+                self.ledger.workload_gone(name)
                 self.placement.release(self.reservations, OWNER.format(name))
         plan = self._hand_to_agents(self._assign_and_plan())
         done: list[dict] = []
@@ -149,18 +158,18 @@ class Replicator:
                     done.append(record)
 
             extravars = {"replicate_plan": plan, "keep": int(self.config.keep), "bwlimit": int(self.config.bwlimit)}
-            rc, private = self.w.actions.run(f"replicate-{time.monotonic_ns()}", "spot.migration.replicate", extravars,
-                                             on_event=on_record, forks=self.w.config.migrate.forks,
+            rc, private = self.actions.run(f"replicate-{time.monotonic_ns()}", "spot.migration.replicate", extravars,
+                                             on_event=on_record, forks=self.watch_config.migrate.forks,
                                              control_dir=self.control_dir)
             if rc == 0:
                 shutil.rmtree(private, ignore_errors=True)
         for record in done:
-            self.w.ledger.replicated(record["workload"], record)
+            self.ledger.replicated(record["workload"], record)
             outcome = "copied" if record.get("replicated") else ("failed" if record.get("error") else "current")
-            self.w.metrics.replications.labels(outcome).inc()
+            self.metrics.replications.labels(outcome).inc()
             if record.get("error"):
-                self.w.log(f"replication of {record['workload']} to {record['replica']} failed: {record['error'][:300]}")
-        self.w.metrics.set_replicas(self.w.ledger.workloads(), time.time())
+                self.log(f"replication of {record['workload']} to {record['replica']} failed: {record['error'][:300]}")
+        self.metrics.set_replicas(self.ledger.workloads(), time.time())
         self.last_round = {"workloads": len(seen) if want_scan else len(known), "scanned": bool(want_scan),
                            "failed": any(r.get("error") for r in done),
                            "replicated": sum(1 for r in done if r.get("replicated")),
@@ -168,11 +177,11 @@ class Replicator:
         return self.last_round
 
     def _assign_and_plan(self) -> list[dict]:
-        lost = set(self.w.ledger.lost_nodes())
-        evicting = set(self.w.ledger.evicting_nodes())
+        lost = set(self.ledger.lost_nodes())
+        evicting = set(self.ledger.evicting_nodes())
         plan = []
-        spot = set(self.w.groups.get(self.w.config.sweep.group, []))
-        for row in self.w.ledger.workloads():
+        spot = set(self.groups.get(self.watch_config.sweep.group, []))
+        for row in self.ledger.workloads():
             if row["node"] in lost | evicting or row["node"] not in spot:
                 continue  # on-demand nodes are not taken away: their workloads need no replica
             owner = OWNER.format(row["name"])
@@ -180,7 +189,7 @@ class Replicator:
             if replica and (replica in lost | evicting or replica == row["node"]
                             or self.placement.renew(self.reservations, owner, self.config.reservation_ttl) is None):
                 self.placement.release(self.reservations, owner)
-                self.w.ledger.set_replica(row["name"], None)
+                self.ledger.set_replica(row["name"], None)
                 replica = None
             if not replica:
                 candidates = [c for h, c in self.capacity.items() if h != row["node"]]
@@ -188,11 +197,11 @@ class Replicator:
                     got = self.placement.reserve(self.reservations, owner, candidates, gpus=row["gpus"],
                                                  exclude=[row["node"], *lost, *evicting], ttl=self.config.reservation_ttl)
                 except self.placement.PlacementError as exc:
-                    self.w.log(f"no replica node for {row['name']}: {exc}")
+                    self.log(f"no replica node for {row['name']}: {exc}")
                     continue
                 replica = got["target"]
-                self.w.ledger.set_replica(row["name"], replica, got["gpus"])
-                self.w.log(f"{row['name']}: next target and replica node {replica} (GPUs {got['gpus']}), reserved")
+                self.ledger.set_replica(row["name"], replica, got["gpus"])
+                self.log(f"{row['name']}: next target and replica node {replica} (GPUs {got['gpus']}), reserved")
                 row["replica_step"] = None
             plan.append({"source": row["node"], "workload": row["name"], "checkpoint_dir": row["spec"]["checkpoint_dir"],
                          "replica": replica, "last_step": row["replica_step"] if row["replica_step"] is not None else -1,
@@ -204,7 +213,7 @@ class Replicator:
         seen = self.agents.get(node)
         # Heard from recently enough: within the watcher's heartbeat timeout, and never less than three of the agent's
         # own heartbeat intervals (a plan must not flap between the agent and the playbook between two heartbeats).
-        if not seen or time.time() - seen[0] > max(self.w.config.heartbeat_timeout, 3 * seen[3]) or "replicate" not in seen[1]:
+        if not seen or time.time() - seen[0] > max(self.watch_config.heartbeat_timeout, 3 * seen[3]) or "replicate" not in seen[1]:
             return False
         try:
             return tuple(int(x) for x in seen[2].split(".")[:2]) >= AGENT_VERSION
@@ -249,28 +258,28 @@ class Replicator:
             interval = 5.0
         self.agents[node] = (time.time(), list(event.get("capabilities") or []), str(event.get("agent_version") or ""),
                              interval)
-        rows = {w["name"]: w for w in self.w.ledger.workloads(node=node)}
+        rows = {w["name"]: w for w in self.ledger.workloads(node=node)}
         for report in event.get("replicas") or []:
             row = rows.get(report.get("workload"))
             if not isinstance(report, dict) or row is None or row["replica"] != report.get("replica"):
                 continue  # an old plan's report: the workload moved or has another replica node now
             new = report.get("step") is not None and (row["replica_step"] is None or report["step"] > row["replica_step"])
-            self.w.ledger.replicated(row["name"], dict(report, replicated=new))
+            self.ledger.replicated(row["name"], dict(report, replicated=new))
             if new:
-                self.w.metrics.replications.labels("copied").inc()
+                self.metrics.replications.labels("copied").inc()
             elif report.get("error") and report["error"] != row["error"]:
-                self.w.metrics.replications.labels("failed").inc()
-                self.w.log(f"replication of {row['name']} to {row['replica']} (agent) failed: {report['error'][:300]}")
+                self.metrics.replications.labels("failed").inc()
+                self.log(f"replication of {row['name']} to {row['replica']} (agent) failed: {report['error'][:300]}")
         if event.get("replicas"):
-            self.w.metrics.set_replicas(self.w.ledger.workloads(), time.time())
+            self.metrics.set_replicas(self.ledger.workloads(), time.time())
 
     def run_forever(self) -> None:
         try:
-            while not self.w.stopping.wait(float(self.config.interval)):
+            while not self.stopping.wait(float(self.config.interval)):
                 try:
                     self.round_once()
                 except Exception as exc:  # noqa: BLE001 - one bad round is reported, the next one tries again
-                    self.w.metrics.replications.labels("error").inc()
-                    self.w.log(f"replication round failed: {type(exc).__name__}: {exc}")
+                    self.metrics.replications.labels("error").inc()
+                    self.log(f"replication round failed: {type(exc).__name__}: {exc}")
         finally:
             shutil.rmtree(self.control_dir, ignore_errors=True)

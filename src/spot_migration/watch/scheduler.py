@@ -48,7 +48,8 @@ class Scheduler:
 
     def __init__(self, ledger: Ledger, run: Callable[[Claimed, bool], None], max_concurrent: int, batch_window: float,
                  batch_max: int, can_join: Callable[[dict], bool], on_in_flight: Callable[[int], None] | None = None,
-                 log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic):
+                 log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
+                 fenced_out: set[str] | None = None):
         self.ledger = ledger
         self.run = run
         self.max_concurrent = int(max_concurrent)
@@ -59,7 +60,7 @@ class Scheduler:
         self.log = log
         self.clock = clock
         self.active: dict[str, int] = {}
-        self.fenced_out: set[str] = set()
+        self.fenced_out: set[str] = fenced_out if fenced_out is not None else set()
         self.runs = 0
         self.lock = threading.Lock()
         self.kick = threading.Event()

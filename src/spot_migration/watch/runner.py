@@ -1,0 +1,354 @@
+"""The migration runner: one scheduler run at a time - a wave of fresh migrations as one migrate run, or one
+migration resumed after a watcher died, recovering a lost node, or in AWX mode - through ansible-runner or the
+controller's API. It follows each run by the data its modules return (never task names), advances each migration's
+ledger entry under its fence, and finishes each with its record, metrics and one alert."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import module_utils
+from . import actions as actions_mod
+from .alerts import Alerter
+from .config import WatchConfig
+from .controller import Controller, ControllerError
+from .ledger import ORDER, Fenced, Ledger, LedgerError
+from .metrics import Metrics
+from .replication import OWNER as REPLICA_OWNER
+from .scheduler import Claimed
+
+
+def iso(epoch: float | None) -> str | None:
+    """ISO 8601 UTC with microseconds (None for None)."""
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int((epoch % 1) * 1e6):06d}Z"
+
+
+class MigrationRunner:
+    def __init__(self, config: WatchConfig, ledger: Ledger, actions: actions_mod.Actions, controller: Controller | None,
+                 alerter: Alerter, metrics: Metrics, state_dir: Path, fenced_out: set[str],
+                 log: Callable[[str], None], crash_at: str | None = None):
+        self.config, self.ledger, self.actions, self.controller = config, ledger, actions, controller
+        self.alerter, self.metrics, self.fenced_out, self.log, self.crash_at = alerter, metrics, fenced_out, log, crash_at
+        self.fence_dir = Path(state_dir) / "fences"
+        self.fence_dir.mkdir(exist_ok=True)
+        self.record_dir = Path(state_dir) / "records"
+        self.reservation_file = Path(state_dir) / "reservations.json"
+
+    def crash_if(self, state: str) -> None:
+        """Fault injection for the reliability tests (``watch --crash-at STATE``): die like a SIGKILL would."""
+        if self.crash_at == state:
+            self.log(f"--crash-at {state}: SIGKILL")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def can_join(self, m: dict) -> bool:
+        """May this open migration share a run with others (a wave)? Not one resumed after a watcher died (it has
+        its own resume point), not the recovery of a lost node, and in AWX mode none (one job each)."""
+        if self.controller is not None or m["attempts"] > 0:
+            return False
+        return (self.ledger.notice(m["notice_id"]) or {}).get("kind") != "lost"
+
+    def _advance(self, migration_id: str, fence: int, state: str, **fields: Any) -> None:
+        try:
+            moved = self.ledger.advance(migration_id, fence, state, **fields)
+        except Fenced:
+            self.fenced_out.add(migration_id)
+            raise
+        if moved:
+            self.log(f"migration {migration_id}: {state}")
+            self.crash_if(state)
+
+    def run(self, claimed: Claimed, wave: bool) -> None:
+        """One run of the scheduler's: a wave of fresh migrations, or one migration resumed, recovering or in AWX."""
+        ids = ", ".join(m for m, _ in claimed)
+        try:
+            if wave:
+                self._run_wave(claimed)
+            else:
+                self._run_migration(*claimed[0])
+        except Fenced as exc:
+            self.log(f"migration {ids}: given up, another watcher holds it ({exc})")
+        except Exception as exc:  # noqa: BLE001 - one migration's bug must not stop the watcher
+            self.log(f"migration {ids}: watcher error {type(exc).__name__}: {exc}")
+            for migration_id, fence in claimed:
+                try:
+                    if self.ledger.migration(migration_id)["state"] not in ("running", "failed"):
+                        self._finish(migration_id, fence, "failed", error=f"watcher error: {type(exc).__name__}: {exc}")
+                except (LedgerError, Fenced):
+                    pass
+
+    def _write_fence(self, migration_id: str, fence: int) -> Path:
+        fence_file = self.fence_dir / migration_id
+        tmp = fence_file.with_suffix(".tmp")
+        tmp.write_text(f"{fence}\n")
+        tmp.replace(fence_file)
+        return fence_file
+
+    def _per_source(self, m: dict, fence: int, fence_file: Path) -> dict[str, Any]:
+        """The variables of one source's migration that the watcher knows and the playbook need not ask for: its
+        id and fence, the notice's times, when the agent already signalled the workloads, their replicas."""
+        values: dict[str, Any] = {"migration_id": m["id"], "migration_fence": str(fence), "fence_file": str(fence_file),
+                                  "notice_at": iso(m["notice_at"]), "detected_at": iso(m["detected_at"])}
+        prestaged = {w["name"]: {"target": w["replica"], "root": w["replica_root"], "step": w["replica_step"]}
+                     for w in self.ledger.workloads(node=m["source"]) if w["replica"] and w["replica_step"] is not None}
+        if prestaged:
+            values["prestaged"] = prestaged
+        signalled_at = self.ledger.signalled_at(m["notice_id"])
+        if signalled_at:
+            values["signalled_at"] = signalled_at
+        return values
+
+    def _run_wave(self, claimed: Claimed) -> None:
+        """Fresh migrations (one or a wave of them) as one migrate run over all their sources: hosts in parallel, one
+        joint reservation. Each migration advances its own ledger entry from the results that name it, gets its own
+        record and its own outcome: one that fails or whose source is unreachable does not fail the others."""
+        rows = {mid: self.ledger.migration(mid) for mid, _fence in claimed}
+        fences = dict(claimed)
+        sources = {rows[mid]["source"]: mid for mid in rows}
+        migrations = {}
+        for mid, fence in claimed:
+            fence_file = self._write_fence(mid, fence)
+            leftovers = actions_mod.kill_marked(mid)
+            if leftovers:
+                self.log(f"migration {mid}: stopped {len(leftovers)} process(es) left by an earlier run")
+            migrations[rows[mid]["source"]] = self._per_source(rows[mid], fence, fence_file)
+        extravars: dict[str, Any] = dict(self.config.migrate.extra_vars)
+        extravars.update({"source": sorted(sources), "migrations": migrations, "transfer": self.config.migrate.transfer,
+                          "spot_record_dir": str(self.record_dir), "spot_reservation_file": str(self.reservation_file)})
+        doomed = [n for n in self.ledger.evicting_nodes() if n not in sources]
+        if doomed:
+            extravars["exclude_hosts"] = doomed
+        if len(claimed) > 1:
+            self.log(f"wave of {len(claimed)} migrations in one run: {', '.join(sorted(sources))}")
+
+        def route(mid: str) -> Callable[..., None]:
+            return lambda state, **kw: self._advance(mid, fences[mid], state, **kw)
+
+        events = actions_mod.MigrationEvents(routes={mid: route(mid) for mid in rows}, hosts=sources)
+        first, fence = claimed[0]
+        ident = f"{first}-{fence}" if len(claimed) == 1 else f"wave-{first}-{fence}-{len(claimed)}"
+        rc, private = self.actions.run(ident, "spot.migration.migrate", extravars, on_event=events,
+                                       marker=",".join(rows), timeout=self.config.migrate.timeout,
+                                       cancel=lambda: any(mid in self.fenced_out for mid in rows),
+                                       forks=max(int(self.config.migrate.forks), 2 * len(claimed)))
+        for mid, fence in claimed:
+            if mid in self.fenced_out:
+                self.log(f"migration {mid}: given up, another watcher holds it (fence {fence} superseded during the run)")
+                continue
+            outcome, why = self._outcome(mid, rc, events)
+            try:
+                self._finish(mid, fence, outcome, error=why, private=private)
+            except Fenced:
+                self.log(f"migration {mid}: given up, another watcher holds it")
+
+    def _outcome(self, migration_id: str, rc: int, events: actions_mod.MigrationEvents) -> tuple[str, str | None]:
+        """One migration's outcome in a run, from its record (every workload running on its target) and the failures
+        that name it; a migration the run did not clearly finish is failed, never called running."""
+        if rc == 0:
+            return "running", None
+        path = self.record_dir / f"{migration_id}.json"
+        record = json.loads(path.read_text()) if path.exists() else None
+        moved = (record or {}).get("migrations") or []
+        mine = events.by_id.get(migration_id, [])
+        if moved and all(r.get("outcome") == "running" for r in moved) and not (record or {}).get("errors"):
+            return "running", None
+        if not moved and not mine and not events.unattributed and not self.ledger.migration(migration_id)["workloads"]:
+            return "running", None  # nothing to move off that source; another source's migration failed
+        problems = [f"{r['workload']}: {r.get('outcome')}{': ' + r['error'] if r.get('error') else ''}"
+                    for r in moved if r.get("outcome") != "running"]
+        why = "; ".join(((record or {}).get("errors") or []) + problems + mine[-3:]) or \
+            "; ".join(events.unattributed[-3:]) or f"ansible-playbook rc {rc}"
+        return "failed", why[:2000]
+
+    def _run_migration(self, migration_id: str, fence: int) -> None:
+        fence_file = self._write_fence(migration_id, fence)
+        leftovers = actions_mod.kill_marked(migration_id)
+        if leftovers:
+            self.log(f"migration {migration_id}: stopped {len(leftovers)} process(es) left by an earlier run")
+        m = self.ledger.migration(migration_id)
+        if (self.ledger.notice(m["notice_id"]) or {}).get("kind") == "lost":
+            self._run_recovery(migration_id, fence, m, fence_file)
+            return
+        if self.controller is not None and m["attempts"] > 1 and self._follow_earlier_job(migration_id, fence):
+            return
+        extravars: dict[str, Any] = dict(self.config.migrate.extra_vars)
+        extravars.update({
+            "source": m["source"], "migration_id": migration_id, "migration_fence": str(fence),
+            "fence_file": str(fence_file), "transfer": self.config.migrate.transfer,
+            "spot_record_dir": str(self.record_dir),
+            "spot_reservation_file": str(self.reservation_file),
+            "notice_at": iso(m["notice_at"]), "detected_at": iso(m["detected_at"]),
+        })
+        prestaged = {w["name"]: {"target": w["replica"], "root": w["replica_root"], "step": w["replica_step"]}
+                     for w in self.ledger.workloads(node=m["source"]) if w["replica"] and w["replica_step"] is not None}
+        if prestaged:
+            extravars["prestaged"] = prestaged
+        doomed = [n for n in self.ledger.evicting_nodes() if n != m["source"]]
+        if doomed:
+            extravars["exclude_hosts"] = doomed
+        signalled_at = self.ledger.signalled_at(m["notice_id"])
+        if signalled_at:
+            extravars["signalled_at"] = signalled_at
+        resumed = m["attempts"] > 1
+        if resumed and ORDER[m["state"]] >= ORDER["target_reserved"] and m["workloads"]:
+            # Resume from the last completed step: what already runs on its target is left alone.
+            hosts = [m["source"], *sorted(set(m["targets"].values()))]
+            where = actions_mod.locate(self.actions, f"{migration_id}-{fence}-locate", hosts, marker=migration_id)
+            done = [w for w in m["workloads"] if (where.get(m["targets"].get(w, "")) or {}).get(w)]
+            pending = [w for w in m["workloads"] if w not in done]
+            self.log(f"migration {migration_id}: resuming at {m['state']} (attempt {m['attempts']}); already running on "
+                     f"the target: {', '.join(done) or 'none'}; still to move: {', '.join(pending) or 'none'}")
+            if not pending:
+                actions_mod.locate(self.actions, f"{migration_id}-{fence}-cleanup", hosts, remove=(m["source"], done),
+                                   marker=migration_id)
+                self._advance(migration_id, fence, "verified", detail="found running on the target")
+                self._advance(migration_id, fence, "resuming", detail="found running on the target")
+                self._finish(migration_id, fence, "running")
+                return
+            extravars.update({"workloads": pending, "include_stopped": True,
+                              "pinned_targets": {w: t for w, t in m["targets"].items() if w in pending}})
+            if done:
+                actions_mod.locate(self.actions, f"{migration_id}-{fence}-cleanup", [m["source"]],
+                                   remove=(m["source"], done), marker=migration_id)
+        elif resumed and m["workloads"]:
+            extravars.update({"workloads": m["workloads"], "include_stopped": True})
+        events = actions_mod.MigrationEvents(lambda state, **kw: self._advance(migration_id, fence, state, **kw))
+        if self.controller is not None:
+            self._run_on_controller(migration_id, fence, extravars, events)
+            return
+        rc, private = self.actions.run(f"{migration_id}-{fence}", "spot.migration.migrate", extravars, on_event=events,
+                                       marker=migration_id, timeout=self.config.migrate.timeout,
+                                       cancel=lambda: migration_id in self.fenced_out,
+                                       forks=self.config.migrate.forks)
+        if migration_id in self.fenced_out:
+            raise Fenced(f"fence {fence} superseded during the run")
+        if rc == 0:
+            self._finish(migration_id, fence, "running", private=private)
+        else:
+            why = "; ".join(events.failures[-3:]) or f"ansible-playbook rc {rc}"
+            self._finish(migration_id, fence, "failed", error=why, private=private)
+
+    def _follow_earlier_job(self, migration_id: str, fence: int) -> bool:
+        """AWX mode after a restart: a job an earlier watcher launched may still be running; follow it rather than
+        launching a second one. True when the migration was dealt with."""
+        assert self.controller is not None
+        earlier = self.ledger.last_job(migration_id)
+        if earlier is None:
+            return False
+        try:
+            status = self.controller.status(earlier)
+        except ControllerError as exc:
+            self.log(f"migration {migration_id}: cannot ask about controller job {earlier}: {exc}")
+            return False
+        if status == "successful":
+            self._finish(migration_id, fence, "running")
+            return True
+        if status in ("failed", "error", "canceled"):
+            return False  # moved again from what the ledger knows, like a local run
+        self.log(f"migration {migration_id}: following controller job {earlier} ({status}), launched before the restart")
+        events = actions_mod.MigrationEvents(lambda state, **kw: self._advance(migration_id, fence, state, **kw))
+        self._run_on_controller(migration_id, fence, {}, events, job=earlier)
+        return True
+
+    def _run_on_controller(self, migration_id: str, fence: int, extravars: dict[str, Any],
+                           events: actions_mod.MigrationEvents, job: int | None = None) -> None:
+        """AWX mode: launch the migrate job template (or follow the job an earlier watcher launched) to its end."""
+        assert self.controller is not None
+        # Paths on this machine mean nothing inside the controller's execution environment.
+        for local in ("fence_file", "spot_record_dir", "spot_reservation_file"):
+            extravars.pop(local, None)
+        try:
+            if job is None:
+                job = self.controller.launch(extravars)
+                self.ledger.note_job(migration_id, fence, job)
+                self.log(f"migration {migration_id}: controller job {job} launched")
+            status = self.controller.follow(job, on_event=events, cancel=lambda: migration_id in self.fenced_out,
+                                            timeout=self.config.migrate.timeout)
+        except ControllerError as exc:
+            self._finish(migration_id, fence, "failed", error=f"controller: {exc}")
+            return
+        if migration_id in self.fenced_out:
+            raise Fenced(f"fence {fence} superseded during controller job {job}")
+        if status == "successful":
+            self._finish(migration_id, fence, "running")
+        else:
+            why = "; ".join(events.failures[-3:]) or f"controller job {job} {status}"
+            self._finish(migration_id, fence, "failed", error=why)
+
+    def _run_recovery(self, migration_id: str, fence: int, m: dict, fence_file: Path) -> None:
+        """The migration of a lost node: fence every copy there, resume each workload on its replica node."""
+        node = m["source"]
+        plan, skipped = [], []
+        for w in self.ledger.workloads(node=node):
+            self.ledger.fence(node, w["name"], migration_id)
+            if w["replica"] and w["replica_step"] is not None and w["replica_root"]:
+                plan.append({"name": w["name"], "spec": w["spec"], "replica": w["replica"], "replica_root": w["replica_root"],
+                             "gpus": w["replica_gpus"] or []})
+            else:
+                skipped.append(w["name"])
+        self._advance(migration_id, fence, "checkpointing", detail=f"{node} lost: fenced its copies",
+                      workloads=[p["name"] for p in plan] + skipped)
+        self._advance(migration_id, fence, "target_reserved", detail="pre-reserved replica nodes",
+                      targets={p["name"]: p["replica"] for p in plan},
+                      steps={w["name"]: w["replica_step"] for w in self.ledger.workloads(node=node)
+                             if w["replica_step"] is not None})
+        if not plan:
+            self._finish(migration_id, fence, "failed", error=f"no replica of {', '.join(skipped)}: nothing to resume from")
+            return
+        results: list[dict] = []
+        failures: list[str] = []
+
+        def on_event(event: dict) -> None:
+            # The recover role's migration_target results, by their data (never task names).
+            data = event.get("event_data") or {}
+            res = data.get("res") or {}
+            migration = res.get("migration") if isinstance(res, dict) else None
+            if event.get("event") == "runner_on_ok" and isinstance(migration, dict) and migration.get("step") == "started":
+                self._advance(migration_id, fence, "verified", detail=f"replica on {migration.get('target')}")
+                self._advance(migration_id, fence, "resuming", detail="from the replica")
+                results.extend({"name": name, "target": migration.get("target"), "step": row.get("step")}
+                               for name, row in (migration.get("workloads") or {}).items())
+            elif event.get("event") in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+                failures.append(f"{data.get('host')}: {res.get('msg') or res}"[:600])
+
+        extravars = {"lost_node": node, "recover_plan": plan, "migration_id": migration_id,
+                     "fence_file": str(fence_file), "migration_fence": str(fence),
+                     "resume_timeout": int(self.config.migrate.extra_vars.get("resume_timeout", 120))}
+        rc, private = self.actions.run(f"{migration_id}-{fence}", "spot.migration.recover", extravars, on_event=on_event,
+                                       marker=migration_id, timeout=self.config.migrate.timeout,
+                                       cancel=lambda: migration_id in self.fenced_out, forks=self.config.migrate.forks)
+        if migration_id in self.fenced_out:
+            raise Fenced(f"fence {fence} superseded during the recovery")
+        placement = module_utils("_placement")
+        for done in results:
+            placement.release(str(self.reservation_file), REPLICA_OWNER.format(done["name"]))
+            self.ledger.workload_seen(done["name"], done["target"], next(p["spec"] for p in plan if p["name"] == done["name"]),
+                                      len(next(p["gpus"] for p in plan if p["name"] == done["name"])))
+        if rc == 0 and not skipped:
+            self._finish(migration_id, fence, "running", private=private)
+        else:
+            why = "; ".join(failures[-3:]) or (f"no replica of {', '.join(skipped)}" if skipped else f"rc {rc}")
+            self._finish(migration_id, fence, "failed", error=why, private=private)
+
+    def _finish(self, migration_id: str, fence: int, outcome: str, error: str | None = None,
+                private: Path | None = None) -> None:
+        record_path = self.record_dir / f"{migration_id}.json"
+        record = json.loads(record_path.read_text()) if record_path.exists() else None
+        self._advance(migration_id, fence, outcome, error=error, record=record)
+        m = self.ledger.migration(migration_id)
+        self.metrics.migrations.labels(outcome).inc()
+        if outcome == "running" and m["notice_at"]:
+            self.metrics.duration.observe(max(0.0, m["finished_at"] - m["notice_at"]))
+        moved = ", ".join(f"{w} -> {m['targets'].get(w, '?')}" for w in m["workloads"]) or "nothing to move"
+        text = (f"{m['source']} evicted: {moved} (running again, {m['finished_at'] - m['notice_at']:.0f} s after the notice)"
+                if outcome == "running" else f"migration off {m['source']} FAILED: {error}")
+        self.alerter.alert(f"migration:{migration_id}:{outcome}", text, migration_id=migration_id, outcome=outcome,
+                           source=m["source"], targets=m["targets"], workloads=m["workloads"], error=error,
+                           run_dir=str(private) if private else None)
