@@ -43,7 +43,7 @@ DEFAULTS = {
     'secret_file': None, 'state_dir': None, 'workload_root': None, 'runtimes': ['process', 'podman', 'docker'],
     'container_cli': None, 'poll_interval': 1.0, 'heartbeat_interval': 5.0, 'probe_timeout': 3.0,
     'evicting_kinds': list(DEFAULT_EVICTING_KINDS), 'signal_workloads': True, 'push_timeout': 5.0,
-    'max_backoff': 5.0, 'gcp_max_hang': 10, 'replicate_poll': 0.5, 'replicate_timeout': 3600.0,
+    'max_backoff': 5.0, 'min_loop_interval': 0.2, 'gcp_max_hang': 10, 'replicate_poll': 0.5, 'replicate_timeout': 3600.0,
 }
 
 
@@ -325,6 +325,7 @@ class Agent:
         follower.daemon = True
         follower.start()
         while not self.stopping.is_set():
+            started = time.monotonic()
             notice = self.check_once()
             try:
                 if notice is not None and not notice['evicting']:
@@ -334,6 +335,11 @@ class Agent:
             except NoticeError as exc:
                 self._blind(str(exc))
                 self.sleep(float(self.config['poll_interval']))
+            # A floor on every round: a GCP hanging GET that answers at once (a service that does not hang, or
+            # fails fast) must not turn this loop into hundreds of requests a second.
+            left = float(self.config['min_loop_interval']) - (time.monotonic() - started)
+            if left > 0:
+                self.sleep(left)
         self.wake.set()
 
     def stop(self, *_args):

@@ -12,6 +12,7 @@ runs without Ansible (the node agent).
 from __future__ import absolute_import, division, print_function
 
 import socket
+import threading
 
 from ._metadata import MAX_BODY_BYTES, Response, TransportError
 
@@ -30,13 +31,54 @@ def _error_response(exc):
     return Response(exc.code, dict(exc.headers or {}), body)
 
 
+def bounded(work, timeout):
+    """``work(box)`` - one whole HTTP exchange - within ``timeout`` seconds of wall-clock time, whatever the server
+    does: a socket timeout bounds each read, not a body dripped one byte at a time, so the exchange runs in a thread
+    and is abandoned (its response closed, which ends the read) when time is up. ``work`` puts the open response in
+    ``box['handle']``."""
+    box = {}
+
+    def run():
+        try:
+            box['value'] = work(box)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            box['error'] = exc
+
+    worker = threading.Thread(target=run, name='http')
+    worker.daemon = True
+    worker.start()
+    worker.join(float(timeout))
+    if worker.is_alive():
+        _hang_up(box.get('handle'))
+        raise TransportError('timed out: no complete answer within %.1f s' % float(timeout))
+    if 'error' in box:
+        raise box['error']
+    return box['value']
+
+
+def _hang_up(handle):
+    """End a read another thread is blocked in: shut the response's socket down (closing the response itself would
+    wait for that thread's lock). Best effort - the thread is abandoned either way."""
+    sock = getattr(getattr(getattr(handle, 'fp', None), 'raw', None), '_sock', None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, socket.error):
+            pass
+
+
 def ansible_fetch(method, url, headers, timeout, data=None):
-    """``fetch`` built on ansible.module_utils.urls.open_url."""
+    """``fetch`` built on ansible.module_utils.urls.open_url, the whole exchange within ``timeout`` seconds."""
+    return bounded(lambda box: _ansible_fetch(box, method, url, headers, timeout, data), timeout)
+
+
+def _ansible_fetch(box, method, url, headers, timeout, data):
     from ansible.module_utils.urls import open_url
     from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
     try:
-        resp = open_url(url, data=data, headers=headers, method=method, use_proxy=False, timeout=timeout,
-                        follow_redirects='none', validate_certs=True, http_agent=headers.get('User-Agent'))
+        resp = box['handle'] = open_url(url, data=data, headers=headers, method=method, use_proxy=False,
+                                        timeout=timeout, follow_redirects='none', validate_certs=True,
+                                        http_agent=headers.get('User-Agent'))
         return Response(resp.getcode(), dict(resp.headers), _read_capped(resp))
     except HTTPError as exc:
         return _error_response(exc)
@@ -47,7 +89,11 @@ def ansible_fetch(method, url, headers, timeout, data=None):
 
 
 def urllib_fetch(method, url, headers, timeout, data=None):
-    """``fetch`` in plain standard library (no proxies, redirects refused)."""
+    """``fetch`` in plain standard library (no proxies, redirects refused), the whole exchange within ``timeout``."""
+    return bounded(lambda box: _urllib_fetch(box, method, url, headers, timeout, data), timeout)
+
+
+def _urllib_fetch(box, method, url, headers, timeout, data):
     import urllib.error
     import urllib.request
 
@@ -59,6 +105,7 @@ def urllib_fetch(method, url, headers, timeout, data=None):
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
         with opener.open(request, timeout=timeout) as resp:
+            box['handle'] = resp
             return Response(resp.status, dict(resp.headers), _read_capped(resp))
     except urllib.error.HTTPError as exc:
         return _error_response(exc)

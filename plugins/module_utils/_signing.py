@@ -80,6 +80,8 @@ def verify(secret, headers, body, seen_nonce, now=None, max_skew=DEFAULT_MAX_SKE
         sent = float(timestamp)
     except ValueError:
         raise SignatureError('malformed', '%s %r is not a Unix time' % (TIMESTAMP_HEADER, timestamp[:40]))
+    if not abs(sent) < float('inf'):  # nan and inf compare false with everything: they would pass the skew check
+        raise SignatureError('malformed', '%s %r is not a finite Unix time' % (TIMESTAMP_HEADER, timestamp[:40]))
     if len(nonce) > 64 or not signature.startswith('sha256='):
         raise SignatureError('malformed', '%s or %s is malformed' % (NONCE_HEADER, SIGNATURE_HEADER))
     if not hmac.compare_digest(signature[7:], _mac(secret, timestamp, nonce, body)):

@@ -40,7 +40,9 @@ from urllib.parse import parse_qs, urlsplit
 
 CLOUDS = ("aws", "gcp", "azure")
 NOTICE_KINDS = ("spot_interruption", "preempt", "terminate", "rebalance", "maintenance")
-FAULT_MODES = ("delay", "error", "blip", "garbage", "oversize", "redirect", "drop", "hang")
+# nohang: GCP's wait_for_change answers at once (a metadata service that does not hang); drip: a 200 whose body
+# comes one byte every ``seconds`` (a socket timeout, checked per read, does not bound it).
+FAULT_MODES = ("delay", "error", "blip", "garbage", "oversize", "redirect", "drop", "hang", "nohang", "drip")
 AZURE_API_VERSIONS = (
     "2017-03-01", "2017-08-01", "2017-11-01", "2018-02-01", "2018-10-01", "2019-03-11", "2019-06-01",
     "2019-08-01", "2020-06-01", "2020-07-01", "2020-09-01", "2020-10-01", "2020-12-01", "2021-01-01",
@@ -203,7 +205,7 @@ class MetadataState:
             if spec.get("count") is not None:
                 fault.count = int(spec["count"])
             fault.path = str(spec.get("path", ""))
-            fault.seconds = float(spec.get("seconds", 2.0 if mode == "delay" else MAX_HANG_S))
+            fault.seconds = float(spec.get("seconds", 2.0 if mode == "delay" else 1.0 if mode == "drip" else MAX_HANG_S))
             fault.status = int(spec.get("status", 503 if mode == "blip" else 500))
             fault.size = int(spec.get("size", fault.size))
             fault.location = str(spec.get("location", fault.location))
@@ -328,6 +330,28 @@ class MetadataHandler(BaseHTTPRequestHandler):
         if fault.mode == "delay":
             time.sleep(fault.seconds)
             return False
+        if fault.mode == "nohang":
+            self.no_hang = True
+            return False
+        if fault.mode == "drip":
+            body = b'{"drip": "' + b"x" * 40 + b'"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in self._cloud_headers().items():
+                self.send_header(key, value)
+            self.end_headers()
+            try:
+                for i in range(len(body)):
+                    if self.state.closing:
+                        break
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(fault.seconds)
+            except OSError:
+                pass  # the client gave up: that is the point
+            self.close_connection = True
+            return True
         if fault.mode in ("error", "blip"):
             self._send(fault.status, "Service Unavailable" if fault.status == 503 else "Internal Server Error",
                        headers=self._cloud_headers())
@@ -484,7 +508,7 @@ class MetadataHandler(BaseHTTPRequestHandler):
         if getter is None:
             self._send(404, "Not Found", "text/html; charset=UTF-8", {"Metadata-Flavor": "Google"})
             return
-        if query.get("wait_for_change", ["false"])[0].lower() == "true":
+        if query.get("wait_for_change", ["false"])[0].lower() == "true" and not getattr(self, "no_hang", False):
             last = query.get("last_etag", [""])[0]
             try:
                 timeout = float(query.get("timeout_sec", [str(MAX_HANG_S)])[0])

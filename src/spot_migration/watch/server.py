@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -13,10 +14,40 @@ from .. import module_utils
 SIGNING = module_utils("_signing")
 
 MAX_BODY = 256 * 1024
+MAX_DEPTH = 32  # events are a few levels deep; a body nested deeper is refused before it is parsed
+
+
+def nesting(body: bytes, limit: int = MAX_DEPTH) -> int:
+    """How deep the JSON arrays and objects in ``body`` nest (strings skipped), counting stops past ``limit``: the
+    parser's recursion is never reached by a hostile body."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 class PushServer(ThreadingHTTPServer):
     daemon_threads = True
+    # A burst of pushes (a wave of notices, or a flood of forged ones) waits in the kernel's queue rather than being
+    # reset: socketserver's default backlog is 5.
+    request_queue_size = 256
 
     def __init__(self, address: tuple[str, int], verify: Callable[[dict, bytes], None],
                  handle_event: Callable[[dict], dict], health: Callable[[], tuple[bool, dict]],
@@ -31,6 +62,12 @@ class PushServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request leaves nothing to answer and no traceback in the log."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
@@ -40,6 +77,7 @@ class PushServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: PushServer
     protocol_version = "HTTP/1.1"
+    timeout = 10  # seconds a client may take to send its request (a slow one does not hold a thread for ever)
 
     def _reply(self, status: int, body: Any, content_type: str = "application/json", signed: bool = False) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -77,6 +115,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(413 if length > MAX_BODY else 400, {"error": "bad Content-Length"})
             return
         body = self.rfile.read(length)
+        if len(body) < length:
+            return  # the client closed before sending its whole body: nobody to answer
         try:
             self.server.verify(dict(self.headers.items()), body)
         except PermissionError as exc:
@@ -85,10 +125,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(401, {"error": str(exc), "reason": reason})
             return
         try:
+            if nesting(body) > MAX_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
             event = json.loads(body)
             if not isinstance(event, dict) or event.get("type") not in ("notice", "heartbeat") or not event.get("node"):
                 raise ValueError("an event is an object with type notice or heartbeat and a node")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             self.server.reject("malformed", self.client_address[0])
             self._reply(400, {"error": f"bad event: {exc}"})
             return
