@@ -121,7 +121,7 @@ def test_a_flood_of_forged_pushes_is_answered_every_time(server):
         except httpx.HTTPError as exc:
             codes.append(type(exc).__name__)
 
-    threads = [threading.Thread(target=one) for _ in range(300)]
+    threads = [threading.Thread(target=one) for _push in range(300)]
     for t in threads:
         t.start()
     for t in threads:
