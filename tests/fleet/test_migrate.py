@@ -140,6 +140,20 @@ def test_deploy_places_on_the_best_node_and_capacity_shows_it(fleet, migrations)
     assert "standby1     standby   2    1     1" in table
 
 
+def test_a_deploy_that_fails_to_start_leaves_no_reservation(fleet, migrations):
+    name = "dep-broken"
+    migrations.names.append(name)
+    workload = {"name": name, "command": ["/nonexistent/trainer"], "gpus": 1}
+    cmd = ["-e", json.dumps({"workload": workload, "spot_reservation_file": str(migrations.reservations)})]
+    result = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(fleet.inventory_path),
+                             "spot.migration.deploy", *cmd], env=migrations.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=300, check=False)
+    assert result.returncode != 0 and "/nonexistent/trainer" in result.stdout, result.stdout[-3000:]
+    assert "Release the reservation" in result.stdout      # reserved, then given up although the start failed
+    held = json.loads(migrations.reservations.read_text()) if migrations.reservations.exists() else {}
+    assert f"deploy/{name}" not in held, held
+
+
 def test_target_lost_mid_transfer_moves_on_to_the_next_target(fleet, migrations):
     name = "mig-lost-target"
     migrations.deploy("node1", name)
