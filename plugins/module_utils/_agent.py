@@ -16,6 +16,7 @@ Standard library only; the role copies this file and its siblings onto the node 
 from __future__ import absolute_import, division, print_function
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -68,6 +69,27 @@ def load_config(path):
         if not config.get(key):
             raise AgentError('agent config %s: %s is required' % (path, key))
     return config
+
+
+def hold_state_dir(state_dir):
+    """Hold ``state_dir`` for this process (a lock on ``agent.lock`` in it, released when the process ends or the
+    returned descriptor is closed). Two agents on one state directory - several nodes of one machine left on the
+    default - would overwrite each other's notices and pid file: the second is refused, naming the holder."""
+    path = os.path.join(state_dir, 'agent.lock')
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (IOError, OSError) as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            os.close(fd)
+            raise
+        holder = os.read(fd, 64).decode(errors='replace').strip() or 'another process'
+        os.close(fd)
+        raise AgentError('state directory %s is held by another agent (pid %s): give each node its own '
+                         'spot_state_dir' % (state_dir, holder))
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 def _write_json(path, data):
@@ -371,7 +393,7 @@ def read_pidfile(path):
     return info
 
 
-def supervise(argv, pidfile, log_path, config_digest):
+def supervise(argv, pidfile, log_path, config_digest, node=None):
     """Double-fork a supervisor that keeps ``argv`` running (restarting it a second after it dies) and
     stops it on SIGTERM. Returns the supervisor's pid once its pid file is written."""
     read_end, write_end = os.pipe()
@@ -402,11 +424,13 @@ def supervise(argv, pidfile, log_path, config_digest):
 
     signal.signal(signal.SIGTERM, _term)
     _write_json(pidfile, {'supervisor': os.getpid(), 'start_ticks': _start_ticks(os.getpid()),
-                          'config_digest': config_digest, 'started_at': time.time()})
+                          'config_digest': config_digest, 'started_at': time.time(), 'node': node})
     os.write(write_end, str(os.getpid()).encode())
     os.close(write_end)
     while not stopping:
         child['proc'] = subprocess.Popen(argv, stdin=devnull, stdout=log, stderr=log, close_fds=True)
+        if stopping:  # SIGTERM came between the start and the assignment: this child was not told
+            child['proc'].terminate()
         info = dict(read_pidfile(pidfile) or {}, agent=child['proc'].pid, agent_ticks=_start_ticks(child['proc'].pid))
         if info.get('supervisor') == os.getpid():
             _write_json(pidfile, info)
@@ -437,6 +461,21 @@ def stop_supervised(pidfile, timeout=10.0):
         pid = info.get(pid_key)
         if pid and _start_ticks(pid) == info.get(ticks_key):
             os.kill(pid, signal.SIGKILL)
+    # The supervisor may have restarted the agent after the pid file was read: whatever agent the file names now
+    # goes too, and stop returns only when nothing it started lives.
+    try:
+        with open(pidfile) as handle:
+            latest = json.load(handle)
+    except (IOError, OSError, ValueError):
+        latest = {}
+    pid, ticks = latest.get('agent'), latest.get('agent_ticks')
+    if pid and pid != info.get('agent') and _start_ticks(pid) == ticks:
+        os.kill(pid, signal.SIGTERM)
+        end = time.time() + timeout
+        while time.time() < end and _start_ticks(pid) == ticks:
+            time.sleep(0.05)
+        if _start_ticks(pid) == ticks:
+            os.kill(pid, signal.SIGKILL)
     return True
 
 
@@ -460,6 +499,7 @@ def main(argv=None):
         config = load_config(args.config)
         pidfile = os.path.join(config['state_dir'], 'agent.pid')
         if args.command == 'run':
+            hold_state_dir(config['state_dir'])  # held until this process ends
             agent = Agent(config)
             signal.signal(signal.SIGTERM, agent.stop)
             signal.signal(signal.SIGINT, agent.stop)
@@ -475,13 +515,18 @@ def main(argv=None):
             return 0
         digest = _digest(args.config)
         info = read_pidfile(pidfile)
+        if info is not None and info.get('node') not in (None, config['node']):
+            raise AgentError('state directory %s is used by the agent of node %s (supervisor pid %s), not %s: give '
+                             'each node its own spot_state_dir' % (config['state_dir'], info['node'],
+                                                                   info['supervisor'], config['node']))
         if info is not None and info.get('config_digest') == digest:
             _say({'changed': False, 'supervisor': info['supervisor']})
             return 0
         restarted = stop_supervised(pidfile)
+        os.close(hold_state_dir(config['state_dir']))  # another agent's state dir is refused here, not in the background
         Agent(config)  # refuse a bad secret or state dir here, not in the background
         launcher = [sys.executable, os.path.abspath(sys.argv[0]), '--config', os.path.abspath(args.config), 'run']
-        pid = supervise(launcher, pidfile, os.path.join(config['state_dir'], 'agent.log'), digest)
+        pid = supervise(launcher, pidfile, os.path.join(config['state_dir'], 'agent.log'), digest, config['node'])
         _say({'changed': True, 'restarted': restarted, 'supervisor': pid})
         return 0
     except (AgentError, NoticeError, SignatureError, IOError, OSError) as exc:

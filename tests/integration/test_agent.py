@@ -242,6 +242,36 @@ def test_background_process_start_is_idempotent_and_stop_leaves_nothing(metadata
         assert _agent._start_ticks(pid) is None
 
 
+def test_one_state_directory_one_agent(metadata_sim, receiver, tmp_path):
+    """Two nodes of one machine left on the same state directory: the second agent is refused, naming the first."""
+    sim = metadata_sim("aws")
+    config = make_config(tmp_path, sim, receiver)
+    cfg, other = tmp_path / "config.json", tmp_path / "other.json"
+    cfg.write_text(json.dumps(config))
+    other.write_text(json.dumps(dict(config, node="node2")))
+    launcher = tmp_path / "spot-eviction-agent"
+    launcher.write_text("import sys\nsys.path.insert(0, %r)\n"
+                        "from ansible_collections.spot.migration.plugins.module_utils._agent import main\n"
+                        "sys.exit(main())\n" % str(collections_path()))
+
+    def call(path, command):
+        return subprocess.run([sys.executable, str(launcher), "--config", str(path), command], capture_output=True,
+                              text=True, timeout=30, check=False)
+
+    assert call(cfg, "start").returncode == 0
+    try:
+        refused = call(other, "start")
+        assert refused.returncode == 2 and "used by the agent of node node1" in refused.stderr, refused.stderr
+        # A second "run" on it (no supervisor involved) is refused by the lock the running agent holds.
+        deadline = time.time() + 10
+        while not receiver.of_type("heartbeat") and time.time() < deadline:
+            time.sleep(0.05)
+        held = call(other, "run")
+        assert held.returncode == 2 and "is held by another agent" in held.stderr, held.stderr
+    finally:
+        assert json.loads(call(cfg, "stop").stdout) == {"changed": True}
+
+
 def test_bad_config_is_named(tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"node": "n", "watcher_url": "http://127.0.0.1:9", "pol_interval": 1}))
