@@ -202,12 +202,20 @@ def run_runbook(fleet, size_mb: int, cron_period: float = 30.0, settle: int = 10
     detected = time.time()
     subprocess.run(ssh1 + ["kill", "-USR1", str(pid)], check=True)
     subprocess.run(ssh1 + ["sleep", str(settle)], check=True)
-    newest = subprocess.run(ssh1 + [f"ls -t {ck}/*.safetensors | head -1"], check=True, capture_output=True,
-                            text=True).stdout.strip()
     moved = time.time()
     dest_dir = os.path.join(target.paths["checkpoints"], name)
-    subprocess.run(ssh1 + [shlex.join(["rsync", "-avz", "--mkpath", "--rsh", f"ssh -F {node1.paths['ssh_config']}",
-                                       newest, f"{target.address}:{dest_dir}/"])], check=True, capture_output=True)
+    # The trainer keeps writing and rotating checkpoints meanwhile: the file picked can vanish under rsync (exit 24,
+    # or 23 for a partial transfer); the operator lists again and retries, as a person running this would.
+    for attempt in range(3):
+        newest = subprocess.run(ssh1 + [f"ls -t {ck}/*.safetensors | head -1"], check=True, capture_output=True,
+                                text=True).stdout.strip()
+        copy = subprocess.run(ssh1 + [shlex.join(["rsync", "-avz", "--mkpath", "--rsh",
+                                                  f"ssh -F {node1.paths['ssh_config']}", newest,
+                                                  f"{target.address}:{dest_dir}/"])], capture_output=True, check=False)
+        if copy.returncode == 0:
+            break
+        if copy.returncode not in (23, 24) or attempt == 2:
+            raise SystemExit(f"runbook rsync exit {copy.returncode}: {copy.stderr.decode(errors='replace')[-500:]}")
     copied = time.time()
     subprocess.run(ssh1 + ["kill", "-TERM", str(pid)], check=True)
     resume = os.path.join(dest_dir, os.path.basename(newest))

@@ -166,7 +166,16 @@ def test_module_against_simulator(metadata_sim, run_playbook, tmp_path, cloud, p
 def test_wait_returns_as_soon_as_a_notice_appears(metadata_sim, run_playbook, tmp_path, cloud):
     sim = metadata_sim(cloud)
     kind = {"aws": "spot_interruption", "gcp": "preempt", "azure": "preempt"}[cloud]
-    timer = threading.Timer(3.0, lambda: httpx.post(sim.url + "/_sim/notice", json={"kind": kind}))
+    def notice_once_waiting():
+        # The notice comes a second after the module's first request: it must have waited for it, however long the
+        # playbook took to start on a busy machine.
+        deadline = time.monotonic() + 60
+        while not httpx.get(sim.url + "/_sim/state").json()["requests"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        httpx.post(sim.url + "/_sim/notice", json={"kind": kind})
+
+    timer = threading.Thread(target=notice_once_waiting, daemon=True)
     play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
         {"spot.migration.eviction_info": {"provider": cloud, "metadata_url": sim.url, "wait": 60}, "register": "r"},
         {"ansible.builtin.copy": {"content": "{{ r | to_json }}", "dest": str(tmp_path / "r.json")}},
@@ -178,7 +187,7 @@ def test_wait_returns_as_soon_as_a_notice_appears(metadata_sim, run_playbook, tm
         result = run_playbook(tmp_path / "play.yml")
         took = time.monotonic() - start
     finally:
-        timer.cancel()
+        timer.join(60)
     assert result.returncode == 0, result.stdout[-3000:]
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["evicting"] is True and r["kind"] == kind
