@@ -166,6 +166,7 @@ def test_module_against_simulator(metadata_sim, run_playbook, tmp_path, cloud, p
 def test_wait_returns_as_soon_as_a_notice_appears(metadata_sim, run_playbook, tmp_path, cloud):
     sim = metadata_sim(cloud)
     kind = {"aws": "spot_interruption", "gcp": "preempt", "azure": "preempt"}[cloud]
+
     def notice_once_waiting():
         # The notice comes a second after the module's first request: it must have waited for it, however long the
         # playbook took to start on a busy machine.
