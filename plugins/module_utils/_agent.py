@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 
+from ._common import write_json_atomic
 from ._follow import Follower
 from ._http import urllib_fetch
 from ._metadata import make_probe
@@ -92,13 +93,6 @@ def hold_state_dir(state_dir):
     return fd
 
 
-def _write_json(path, data):
-    tmp = '%s.%d.tmp' % (path, os.getpid())
-    with open(tmp, 'w') as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-    os.rename(tmp, path)
-
-
 class Agent:
     """One node's agent. ``fetch`` is the HTTP seam (metadata service and watcher alike)."""
 
@@ -138,7 +132,7 @@ class Agent:
     def _save_state(self):
         with self.lock:
             snapshot = json.loads(json.dumps(self.state))
-        _write_json(self.state_path, snapshot)
+        write_json_atomic(self.state_path, snapshot)
 
     # ------------------------------------------------------------------ probing
     def _make_probe(self):
@@ -423,8 +417,8 @@ def supervise(argv, pidfile, log_path, config_digest, node=None):
             child['proc'].terminate()
 
     signal.signal(signal.SIGTERM, _term)
-    _write_json(pidfile, {'supervisor': os.getpid(), 'start_ticks': _start_ticks(os.getpid()),
-                          'config_digest': config_digest, 'started_at': time.time(), 'node': node})
+    write_json_atomic(pidfile, {'supervisor': os.getpid(), 'start_ticks': _start_ticks(os.getpid()),
+                                'config_digest': config_digest, 'started_at': time.time(), 'node': node})
     os.write(write_end, str(os.getpid()).encode())
     os.close(write_end)
     while not stopping:
@@ -433,7 +427,7 @@ def supervise(argv, pidfile, log_path, config_digest, node=None):
             child['proc'].terminate()
         info = dict(read_pidfile(pidfile) or {}, agent=child['proc'].pid, agent_ticks=_start_ticks(child['proc'].pid))
         if info.get('supervisor') == os.getpid():
-            _write_json(pidfile, info)
+            write_json_atomic(pidfile, info)
         child['proc'].wait()
         if not stopping:
             time.sleep(1.0)

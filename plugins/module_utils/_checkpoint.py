@@ -17,9 +17,10 @@ import json
 import os
 import re
 import struct
-import tempfile
 import time
 import zipfile
+
+from ._common import write_json_atomic
 
 __metaclass__ = type
 
@@ -527,20 +528,7 @@ def build_manifest(checkpoint, fmt=None, step=None, now=None):
 
 def write_manifest_atomic(checkpoint, manifest):
     """Write via a temporary name in the same directory and rename: never a partial manifest."""
-    path = manifest_path(checkpoint)
-    directory = os.path.dirname(path) or '.'
-    fd, tmp = tempfile.mkstemp(prefix='.spot-manifest.', suffix='.tmp', dir=directory)
-    try:
-        with os.fdopen(fd, 'w') as handle:
-            json.dump(manifest, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_json_atomic(manifest_path(checkpoint), manifest, durable=True)
 
 
 def compare_manifest(expected, actual):

@@ -7,6 +7,9 @@
 from __future__ import absolute_import, division, print_function
 
 import contextlib
+import json
+import os
+import tempfile
 
 __metaclass__ = type
 
@@ -36,6 +39,36 @@ def fail_on_exception(module, exceptions=None):
         yield
     except handled as exc:
         module.fail_json(msg=str(exc), **getattr(exc, 'details', {}))
+
+
+def write_atomic(path, text, mode=None, durable=False):
+    """``text`` into ``path`` through a unique temporary file in the same directory and one rename.
+
+    Readers see the old content or the new, never a part; two writers never share a temporary; a failure leaves
+    no temporary behind. The file is created private (``0600``) unless ``mode`` says otherwise; ``durable`` syncs
+    it to disk before the rename (manifests and replica pointers, which must survive the node going away).
+    """
+    directory = os.path.dirname(path) or '.'
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
+    try:
+        with os.fdopen(fd, 'w') as handle:
+            handle.write(text)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json_atomic(path, data, mode=None, durable=False, indent=1):
+    """``data`` as sorted-key JSON into ``path``, atomically (see ``write_atomic``)."""
+    return write_atomic(path, json.dumps(data, indent=indent, sort_keys=True), mode=mode, durable=durable)
 
 
 def command_runner(module):

@@ -32,7 +32,7 @@ from ._workload import run_argv
 
 __metaclass__ = type
 
-REMOTE_MODULES = ('_notice', '_checkpoint', '_replica')
+REMOTE_MODULES = ('_common', '_notice', '_checkpoint', '_replica')
 PLAN_KEYS = ('workload', 'checkpoint_dir', 'host', 'root', 'ssh')
 _BOOT = '''
 import json, sys, types

@@ -14,6 +14,8 @@ import json
 import os
 import time
 
+from ._common import write_json_atomic
+
 __metaclass__ = type
 
 
@@ -109,10 +111,7 @@ class ReservationBook:
         return dict((k, v) for k, v in data.items() if v.get('expires', 0) > now)
 
     def save(self, entries):
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w') as handle:
-            json.dump(entries, handle, indent=1, sort_keys=True)
-        os.rename(tmp, self.path)
+        write_json_atomic(self.path, entries)
 
     @staticmethod
     def held(entries, ignore_owner=None):

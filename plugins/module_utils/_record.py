@@ -10,8 +10,8 @@ from __future__ import absolute_import, division, print_function
 
 import json
 import os
-import tempfile
 
+from ._common import write_atomic
 from ._placement import release
 from ._plan import record_path
 
@@ -25,20 +25,6 @@ MODULE_SPEC = {
         release=dict(type='list', elements='dict', default=[]),
     ),
 }
-
-
-def write_atomic(path, text, mode=0o640):
-    """``text`` into ``path`` through a temporary file in the same directory and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, 'w') as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def finish(p, check_mode):
@@ -55,5 +41,5 @@ def finish(p, check_mode):
         if not os.path.isdir(p['record_dir']):
             os.makedirs(p['record_dir'], 0o750)
         for path, record in zip(paths, todo):
-            write_atomic(path, json.dumps(record, indent=4, sort_keys=True) + '\n')
+            write_atomic(path, json.dumps(record, indent=4, sort_keys=True) + '\n', mode=0o640)
     return {'changed': bool(todo) or released > 0, 'records': p['records'], 'written': paths, 'released': released}

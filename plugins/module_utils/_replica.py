@@ -19,14 +19,13 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import binascii
-import json
 import os
 import re
 import shutil
-import tempfile
 import time
 
 from . import _checkpoint as ck
+from ._common import write_json_atomic
 
 STEP_DIR = re.compile(r'^step-(\d+)$')
 INCOMING = re.compile(r'^\.incoming-(\d+)-[A-Za-z0-9_.-]+$')
@@ -78,17 +77,7 @@ def replicas(root):
 
 
 def _write_latest(root, replica):
-    fd, tmp = tempfile.mkstemp(prefix='.latest.', suffix='.tmp', dir=root)
-    try:
-        with os.fdopen(fd, 'w') as handle:
-            json.dump(replica, handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, os.path.join(root, LATEST))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(os.path.join(root, LATEST), replica, durable=True, indent=None)
 
 
 def prune(root, keep, now=None):

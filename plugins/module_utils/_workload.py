@@ -21,6 +21,7 @@ import sys
 import time
 
 from ._checkpoint import CheckpointError, find_checkpoint, wait_for_checkpoint
+from ._common import write_json_atomic
 
 __metaclass__ = type
 
@@ -271,8 +272,8 @@ class ProcessDriver(Driver):
         for stale in ('status.json', 'workload.pid'):
             if os.path.exists(os.path.join(directory, stale)):
                 os.unlink(os.path.join(directory, stale))
-        _write_json(os.path.join(directory, 'spec.json'), spec)
-        _write_json(os.path.join(directory, 'launch.json'), {'argv': workload_argv(spec), 'env': env, 'cwd': cwd})
+        write_json_atomic(os.path.join(directory, 'spec.json'), spec)
+        write_json_atomic(os.path.join(directory, 'launch.json'), {'argv': workload_argv(spec), 'env': env, 'cwd': cwd})
         rc, out, err = self.run([self.python, '-c', SUPERVISOR, directory])
         os.unlink(os.path.join(directory, 'launch.json'))
         if rc != 0:
@@ -329,13 +330,6 @@ def _wait_dead(pid, ticks, timeout):
             return True
         time.sleep(0.05)
     return not _alive(pid, ticks)
-
-
-def _write_json(path, data):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-    os.rename(tmp, path)
 
 
 class ContainerDriver(Driver):
@@ -596,10 +590,7 @@ def ensure_fenced(driver, name, root, fence_id, check_mode, stop_timeout=30.0):
         path = fence_path(root, name)
         if not os.path.isdir(os.path.dirname(path)):
             os.makedirs(os.path.dirname(path), 0o700)
-        tmp = path + '.tmp'
-        with open(tmp, 'w') as handle:
-            json.dump({'fence_id': fence_id, 'fenced_at': time.time()}, handle)
-        os.rename(tmp, path)
+        write_json_atomic(path, {'fence_id': fence_id, 'fenced_at': time.time()}, indent=None)
     return {'changed': changed, 'workload': None, 'stopped_by': removed['stopped_by'], 'fence_id': fence_id}
 
 
