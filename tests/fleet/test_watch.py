@@ -20,6 +20,7 @@ import yaml
 from spot_migration import fleet as fleet_mod
 from spot_migration.sim import control
 from spot_migration.watch import actions as actions_mod
+from spot_migration.watch.ledger import Ledger
 
 from tests.helpers.fleet import Migrations, free_port, play_runner, wait_for, worker_base
 
@@ -249,6 +250,42 @@ def test_notice_to_migration_by_push(wfleet, watcher, wmig):
     assert {n["node"]: n["agent"] for n in data["nodes"]} == {"node1": "ok", "node2": "ok", "node3": "ok"}
     assert data["workloads"][target] == {"wpush": True}
     _assert_no_secrets(wfleet, watcher)
+
+
+def test_a_target_lost_mid_transfer_the_ledger_and_record_follow_the_job(wfleet, watcher, wmig):
+    """[K] 2: the first target dies under the transfer, the next one takes the job: the ledger's migration and its
+    workload location name where the job really runs, and the record (with the failed target) is written."""
+    name = "wfailover"
+    wmig.deploy("node1", name)
+    config = Path(wfleet.node("node1").paths["ssh_config"])
+    original = config.read_text()
+    standby = wfleet.node("standby1")
+    assert f"  Port {standby.port}\n" in original
+    # node1 can no longer reach standby1 (as if it died under the transfer); the controller still sees it.
+    config.write_text(original.replace(f"  Port {standby.port}\n", "  Port 9\n", 1))
+    # The watcher knows the job on node1 (as its replication's listing would have told it).
+    Ledger(watcher.state_dir / "ledger.sqlite").workload_seen(name, "node1", {"name": name}, 1)
+    try:
+        watcher.start()
+        fleet_mod.inject(wfleet.dir, "node1", "spot_interruption", in_seconds=120)
+        migration = watcher.finished(timeout=240)
+    finally:
+        config.write_text(original)
+    assert migration["state"] == "running", (migration, watcher.log.read_text()[-4000:])
+    target = _assert_once(wmig, name, migration)
+    assert target in ("node2", "node3"), migration
+    with watcher.db() as db:
+        located = db.execute("SELECT node FROM workloads WHERE name = ?", (name,)).fetchone()
+        tried = [r["detail"] for r in db.execute("SELECT detail FROM transitions WHERE migration_id = ?",
+                                                 (migration["id"],))]
+    assert located and located["node"] == target, (dict(located or {}), tried)
+    record = json.loads((watcher.state_dir / "records" / f"{migration['id']}.json").read_text())
+    [row] = record["migrations"]
+    assert row["workload"] == name and row["target"] == target and row["outcome"] == "running", row
+    assert row["failed_targets"] == ["standby1"], row
+    status = subprocess.run([CLI, "status", "--config", str(watcher.state_dir / "watch.yml"), "--json"],
+                            capture_output=True, text=True, check=True, env=watcher.env)
+    assert json.loads(status.stdout)["workloads"].get(target) == {name: True}
 
 
 def _assert_no_secrets(fleet, watcher):

@@ -58,6 +58,52 @@ def test_gcp_agent_loop_is_floored_when_the_hanging_get_does_not_hang(metadata_s
     assert 4 <= made <= 80, made
 
 
+def _agent_on(sim, tmp_path, provider, **config):
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET + "\n")
+    (tmp_path / "state").mkdir(exist_ok=True)
+    said: list[tuple[float, str]] = []
+    config = dict(_agent.DEFAULTS, node="node1", provider=provider, metadata_url=sim.url,
+                  watcher_url="http://127.0.0.1:9", secret_file=str(secret), state_dir=str(tmp_path / "state"),
+                  signal_workloads=False, heartbeat_interval=60, **config)
+    return _agent.Agent(config, log=lambda msg: said.append((time.monotonic(), msg))), said
+
+
+@pytest.mark.parametrize("provider", ["aws", "gcp", "azure"])
+@pytest.mark.parametrize("mode", ["error", "drop", "hang"])
+def test_a_healed_metadata_service_is_noticed_within_one_poll(metadata_sim, tmp_path, provider, mode):
+    """[K] 5: once the service answers again the agent says so at its next probe: within one poll interval of the
+    heal (plus, for a request that hung, what is left of that request's own timeout), never tens of seconds."""
+    sim = metadata_sim(provider)
+    poll, timeout = 1.0, 2.0
+    agent, said = _agent_on(sim, tmp_path, provider, poll_interval=poll, probe_timeout=timeout, gcp_max_hang=5)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while agent.probe is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        control.fault(sim.url, mode, **({"seconds": 30} if mode == "hang" else {}))  # until cleared
+        deadline = time.monotonic() + 15
+        while agent.blind_since is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert agent.blind_since is not None, said
+        time.sleep(1.0)  # blind for a while, as after a real outage
+        control.clear_faults(sim.url)
+        healed = time.monotonic()
+        deadline = healed + 20
+        while agent.blind_since is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        noticed = time.monotonic() - healed
+    finally:
+        agent.stop()
+        thread.join(15)
+    assert not thread.is_alive()
+    assert any("answers again" in msg for _when, msg in said), said
+    bound = poll + (timeout if mode == "hang" else 0.0) + 1.0  # 1 s for a busy machine
+    assert noticed <= bound, (noticed, said)
+
+
 class Refused(PermissionError):
     def __init__(self, reason):
         super().__init__(reason)

@@ -165,3 +165,15 @@ def test_heartbeats_track_blind_episodes(path):
     assert ledger.nodes()[0]["blind_since"] == since
     assert ledger.heartbeat("node1", "agent", False) == (True, False)
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+
+
+def test_a_moved_workload_is_found_where_it_runs_and_its_replica_forgotten(path):
+    ledger = Ledger(path, owner="w1", clock=Clock())
+    ledger.workload_seen("job", "node1", {"name": "job"}, 1)
+    ledger.set_replica("job", "node2", [0])
+    assert ledger.workload_moved("job", "node3") is True
+    [row] = ledger.workloads()
+    assert row["node"] == "node3" and row["replica"] is None and row["spec"] == {"name": "job"}
+    assert ledger.workload_moved("job", "node3") is False       # already there: nothing changes
+    assert ledger.workload_moved("unknown", "node3") is False   # never listed: not invented
+    assert [w["name"] for w in ledger.workloads(node="node3")] == ["job"]

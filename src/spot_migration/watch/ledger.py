@@ -242,6 +242,16 @@ class Ledger:
                               "replicated_at = NULL, error = NULL" if moved else "") + " WHERE name = ?",
                            (node, json.dumps(spec, sort_keys=True), int(gpus), self.clock(), name))
 
+    def workload_moved(self, name: str, node: str) -> bool:
+        """A migration left ``name`` running on ``node``: the known location follows it at once (not at the next
+        listing), so a recovery or a later eviction looks for it where it runs. Its replica is forgotten when the
+        node changed (replication picks a new one). True when a known workload changed node."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE workloads SET node = ?, seen_at = ?, replica = NULL, replica_gpus = NULL, "
+                             "replica_step = NULL, replica_mtime = NULL, replicated_at = NULL, replica_root = NULL, "
+                             "error = NULL WHERE name = ? AND node != ?", (node, self.clock(), name, node))
+            return cur.rowcount > 0
+
     def workload_gone(self, name: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM workloads WHERE name = ?", (name,))

@@ -342,6 +342,13 @@ class MigrationRunner:
         record_path = self.record_dir / f"{migration_id}.json"
         record = json.loads(record_path.read_text()) if record_path.exists() else None
         self._advance(migration_id, fence, outcome, error=error, record=record)
+        # Wherever the job runs now (its first target, the next one after a failover, or back on the source when
+        # nothing could take it), whatever the outcome: the record's rows say, the workload's location follows.
+        for row in (record or {}).get("migrations") or []:
+            if row.get("outcome") in ("running", "started", "restarted_on_source") and row.get("workload") and \
+                    row.get("target"):
+                if self.ledger.workload_moved(row["workload"], row["target"]):
+                    self.log(f"migration {migration_id}: {row['workload']} now runs on {row['target']}")
         m = self.ledger.migration(migration_id)
         self.metrics.migrations.labels(outcome).inc()
         if outcome == "running" and m["notice_at"]:
