@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -240,6 +241,58 @@ def test_background_process_start_is_idempotent_and_stop_leaves_nothing(metadata
     info = json.loads((tmp_path / "agent-state" / "agent.pid").read_text())
     for pid in (info["supervisor"], info["agent"]):
         assert _agent._start_ticks(pid) is None
+
+
+def _processes_with(needle: str) -> list[int]:
+    """Pids whose command line names ``needle`` (this test's own config file: nothing else has it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    argv = handle.read().split(b"\0")
+            except OSError:
+                continue
+            if needle.encode() in argv and int(entry) != os.getpid():
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("after", [0.0, 0.5, 0.95, 1.0, 1.05, 1.15])
+def test_stop_while_the_supervisor_restarts_the_agent_leaves_nothing(metadata_sim, receiver, tmp_path, after):
+    """[K] 8: ``stop`` lands at each moment of a restart (the supervisor waits 1 s, then starts a new agent and
+    writes its pid): when it returns, no process it started lives, whichever agent the pid file named."""
+    sim = metadata_sim("aws")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(make_config(tmp_path, sim, receiver)))
+    launcher = tmp_path / "spot-eviction-agent"
+    launcher.write_text("import sys\nsys.path.insert(0, %r)\n"
+                        "from ansible_collections.spot.migration.plugins.module_utils._agent import main\n"
+                        "sys.exit(main())\n" % str(collections_path()))
+
+    def call(command):
+        out = subprocess.run([sys.executable, str(launcher), "--config", str(cfg), command], capture_output=True,
+                             text=True, timeout=60, check=True)
+        return json.loads(out.stdout)
+
+    pidfile = tmp_path / "agent-state" / "agent.pid"
+    started = call("start")
+    try:
+        deadline = time.time() + 10
+        while "agent" not in json.loads(pidfile.read_text()):
+            assert time.time() < deadline, "the supervisor never named its agent"
+            time.sleep(0.05)
+        assert len(_processes_with(str(cfg))) == 2, _processes_with(str(cfg))  # supervisor and agent
+        os.kill(json.loads(pidfile.read_text())["agent"], signal.SIGKILL)  # the supervisor restarts it in 1 s
+        time.sleep(after)
+    finally:
+        stopped = call("stop")
+        left = _processes_with(str(cfg))
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert stopped == {"changed": True}, stopped
+    assert left == [], (left, started, (tmp_path / "agent-state" / "agent.log").read_text()[-2000:])
+    assert call("status")["running"] is False
 
 
 def test_one_state_directory_one_agent(metadata_sim, receiver, tmp_path):
