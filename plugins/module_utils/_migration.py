@@ -214,11 +214,18 @@ def source_checkpoint(by_runtime, migration_id, source, names, include_stopped, 
 
 # ---------------------------------------------------------------------------- source: release (stop, seal, push)
 
-def _seal_one(driver, workload, check_mode, stop_timeout):
-    stopped = ensure_stopped(driver, workload['name'], check_mode, stop_timeout)
+def _seal_one(driver, workload, check_mode, stop_timeout, emergency=None, stop='auto'):
+    """Stop ``workload`` and seal its newest complete checkpoint. With ``stop=auto`` a workload whose emergency
+    checkpoint of this run is complete is killed at once: its checkpoint is taken, and a graceful stop would only
+    spend the window on a second one (most trainers checkpoint on SIGTERM) that could even be written over the
+    first under the same name while it is sealed. Otherwise (no emergency checkpoint, or ``stop=graceful``) it gets
+    SIGTERM and ``stop_timeout`` seconds."""
     directory = workload['spec'].get('checkpoint_dir')
     if not directory:
         raise MigrationError('workload %s has no checkpoint_dir: nothing to move' % workload['name'])
+    emergency = emergency or {}
+    hard = stop == 'auto' and bool(emergency.get('emergency_ok')) and emergency.get('emergency_checkpoint') is not None
+    stopped = ensure_stopped(driver, workload['name'], check_mode, stop_timeout, hard=hard)
     newest = find_checkpoint(directory)
     sealed = seal(newest['checkpoint'], check_mode=check_mode, fmt=newest['format'], step=newest['step'])
     return {'checkpoint': newest['checkpoint'], 'format': newest['format'], 'step': newest['step'],
@@ -264,7 +271,7 @@ def push_one(transfer, row, assignment, migration_id, run):
 
 
 def source_release(by_runtime, run, migration_id, source, moving, assignments, transfer_kind, check_mode,
-                   stop_timeout=30.0, emergency=None):
+                   stop_timeout=30.0, emergency=None, stop='auto'):
     """Stop, take the newest complete checkpoint, seal it and (rsync, shared) push it to the assigned target, for
     every workload in ``assignments``. A workload that cannot be sealed is started again here; one whose transfer
     failed is listed in ``failed_transfers`` (the playbook tries the next target)."""
@@ -279,9 +286,10 @@ def source_release(by_runtime, run, migration_id, source, moving, assignments, t
                                  % (name, source, ', '.join(sorted(by_name)) or 'none'))
         driver = by_runtime[w['runtime']]
         row = {'name': name}
-        row.update((emergency or {}).get(name) or {})
+        asked = (emergency or {}).get(name) or {}
+        row.update((k, v) for k, v in asked.items() if k.startswith('emergency_'))
         try:
-            row.update(_seal_one(driver, w, check_mode, stop_timeout))
+            row.update(_seal_one(driver, w, check_mode, stop_timeout, asked, stop))
         except (CheckpointError, MigrationError, WorkloadError) as exc:
             restarted = None
             try:

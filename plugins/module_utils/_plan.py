@@ -25,6 +25,9 @@ __metaclass__ = type
 PER_SOURCE = ('migration_id', 'workloads', 'include_stopped', 'pinned_targets', 'signalled_at', 'deadline', 'notice_at',
               'detected_at', 'fence_file', 'migration_fence', 'prestaged')
 
+# How the source copy is stopped once its checkpoint is taken (see _migration._seal_one).
+SOURCE_STOPS = ('auto', 'graceful')
+
 
 def _names(value, what):
     if value in (None, ''):
@@ -86,6 +89,10 @@ def plan(variables, groups, now=None):
     transfer = variables.get('transfer') or 'rsync'
     if transfer not in KINDS:
         raise MigrationError('transfer must be one of %s, not %r' % (', '.join(KINDS), transfer), value=transfer)
+    source_stop = variables.get('source_stop') or 'auto'
+    if source_stop not in SOURCE_STOPS:
+        raise MigrationError('source_stop must be one of %s, not %r' % (', '.join(SOURCE_STOPS), source_stop),
+                             value=source_stop)
     target = variables.get('target') or None
     if target is not None:
         _hosts([target], inventory, 'target')
@@ -162,7 +169,7 @@ def plan(variables, groups, now=None):
             raise MigrationError('alert_webhooks: %r is not an http(s) URL' % (hook,), value=hook)
     settings['alert_webhooks'] = [str(h) for h in hooks]
     out = {'sources': sources, 'by_source': by_source, 'candidates': candidates, 'transfer': transfer,
-           'target': target, 'exclude': exclude}
+           'target': target, 'exclude': exclude, 'source_stop': source_stop}
     out.update(settings)
     return out
 

@@ -160,8 +160,9 @@ class Driver:
     def exec_command(self, name, argv):
         raise NotImplementedError
 
-    def stop(self, name, timeout):
-        """Stop gracefully; returns 'SIGTERM' or 'SIGKILL' (what ended it)."""
+    def stop(self, name, timeout, hard=False):
+        """Stop gracefully (SIGTERM, then SIGKILL after ``timeout``), or at once with SIGKILL when ``hard``; returns
+        'SIGTERM' or 'SIGKILL' (what ended it)."""
         raise NotImplementedError
 
     def remove(self, name):
@@ -290,14 +291,15 @@ class ProcessDriver(Driver):
         env_prefix = ['env', 'SPOT_WORKLOAD_PID=%s' % (state or {}).get('pid')]
         return self.run(env_prefix + list(argv))
 
-    def stop(self, name, timeout):
+    def stop(self, name, timeout, hard=False):
         state = self.status(name)
         if not state or not state['running']:
             return None
         pid, ticks = state['pid'], state['start_ticks']
-        os.kill(pid, signal.SIGTERM)
-        if _wait_dead(pid, ticks, timeout):
-            return 'SIGTERM'
+        if not hard:
+            os.kill(pid, signal.SIGTERM)
+            if _wait_dead(pid, ticks, timeout):
+                return 'SIGTERM'
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError as exc:
@@ -413,10 +415,14 @@ class ContainerDriver(Driver):
     def exec_command(self, name, argv):
         return self.run([self.cli, 'exec', name] + list(argv))
 
-    def stop(self, name, timeout):
+    def stop(self, name, timeout, hard=False):
         state = self.status(name)
         if not state or not state['running']:
             return None
+        if hard:
+            self._call(['kill', '--signal', 'KILL', name], ok=(0, 1, 125))  # it may have exited meanwhile
+            self._call(['wait', name], ok=(0, 1, 125))
+            return 'SIGKILL'
         self._call(['stop', '--time', str(int(max(1, round(timeout)))), name])
         after = self._inspect(name) or {}
         code = (after.get('State') or {}).get('ExitCode')
@@ -543,13 +549,14 @@ def ensure_checkpointed(driver, name, check_mode, deadline=60.0, checkpoint_dir=
     return {'changed': True, 'workload': public(driver.status(name)), 'checkpoint': found}
 
 
-def ensure_stopped(driver, name, check_mode, stop_timeout=30.0):
+def ensure_stopped(driver, name, check_mode, stop_timeout=30.0, hard=False):
+    """Stopped (``hard``: SIGKILL at once, for a job whose checkpoint is already taken). Idempotent."""
     current = driver.status(name)
     if not current or not current['running']:
         return {'changed': False, 'workload': public(current), 'stopped_by': None}
     if check_mode:
         return {'changed': True, 'workload': public(current), 'stopped_by': None}
-    how = driver.stop(name, stop_timeout)
+    how = driver.stop(name, stop_timeout, hard=True) if hard else driver.stop(name, stop_timeout)
     return {'changed': True, 'workload': public(driver.status(name)), 'stopped_by': how}
 
 

@@ -108,6 +108,18 @@ options:
     description: Seconds a workload has to exit after SIGTERM (or its container's stop) before it is killed.
     type: float
     default: 30
+  stop:
+    description:
+      - How V(release) stops a workload. V(auto) kills it at once (SIGKILL) when O(emergency) says its emergency
+        checkpoint of this run is complete, since that checkpoint is what moves and a graceful stop would spend the
+        window on a second one; otherwise it gets SIGTERM and O(stop_timeout). V(graceful) always stops gracefully.
+    type: str
+    choices: [auto, graceful]
+    default: auto
+  emergency:
+    description: The V(checkpoint) step's C(migration.workloads) (per workload C(emergency_ok), C(emergency_checkpoint)), for V(release).
+    type: dict
+    default: {}
   workload_root:
     description: Where process workloads keep their state (default as M(spot.migration.workload)).
     type: path
@@ -202,6 +214,8 @@ def main():
             sealed=dict(type='list', elements='dict', default=[]),
             source_endpoint=dict(type='dict'),
             stop_timeout=dict(type='float', default=30.0),
+            stop=dict(type='str', default='auto', choices=['auto', 'graceful']),
+            emergency=dict(type='dict', default={}),
             workload_root=dict(type='path'),
             container_cli=dict(type='path'),
         ),
@@ -227,7 +241,7 @@ def main():
                                        p['safety_margin'], p['signalled_at'], module.check_mode, module.warn)
         elif p['step'] == 'release':
             result = source_release(by_runtime, run, mid, source, p['moving'], p['assignments'], p['transfer'],
-                                    module.check_mode, p['stop_timeout'])
+                                    module.check_mode, p['stop_timeout'], p['emergency'], p['stop'])
         elif p['step'] == 'cleanup':
             result = source_cleanup(by_runtime, mid, source, [w['name'] for w in p['moving']], module.check_mode)
         else:
