@@ -556,7 +556,7 @@ def ensure_stopped(driver, name, check_mode, stop_timeout=30.0, hard=False):
         return {'changed': False, 'workload': public(current), 'stopped_by': None}
     if check_mode:
         return {'changed': True, 'workload': public(current), 'stopped_by': None}
-    how = driver.stop(name, stop_timeout, hard=True) if hard else driver.stop(name, stop_timeout)
+    how = driver.stop(name, stop_timeout, hard=hard)
     return {'changed': True, 'workload': public(driver.status(name)), 'stopped_by': how}
 
 

@@ -30,13 +30,13 @@ def test_deploy_migrate_and_the_watcher_share_one_reservation_file(run_playbook,
     playbook.write_text(yaml.safe_dump([{
         "name": "Render the defaults", "hosts": "localhost", "gather_facts": False,
         "vars_files": [str(COLLECTION / "roles" / "migrate" / "defaults" / "main.yml")], "vars": choose["vars"],
-        "tasks": [{"name": "Say them", "ansible.builtin.debug": {
-            "msg": "PATHS {{ {'migrate': migrate_variables.reservation_file | trim,"
-                   " 'deploy': deploy_reservation_file | trim} | to_json }}"}}]}]))
+        "tasks": [{"name": "Write them down", "ansible.builtin.copy": {
+            "dest": str(tmp_path / "paths.json"), "mode": "0600",
+            "content": "{{ {'migrate': migrate_variables.reservation_file | trim,"
+                       " 'deploy': deploy_reservation_file | trim} | to_json }}"}}]}]))
     result = run_playbook(playbook, env=env, args=["-e", f"ansible_python_interpreter={sys.executable}"])
     assert result.returncode == 0, result.stdout[-3000:]
-    line = next(ln for ln in result.stdout.splitlines() if "PATHS" in ln)
-    paths = json.loads(json.loads("{%s}" % line.strip().rstrip(","))["msg"].split("PATHS ", 1)[1])  # "msg": "..."
+    paths = json.loads((tmp_path / "paths.json").read_text())
     watcher = subprocess.run([sys.executable, "-c", "from spot_migration.watch.config import DEFAULT_STATE_DIR; "
                               "print(DEFAULT_STATE_DIR / 'reservations.json')"],
                              env=env,

@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS controller_jobs (
 """
 
 
+# A workload that changed node keeps no replica (replication picks a new one for where it runs now).
+_FORGET_REPLICA = ("replica = NULL, replica_gpus = NULL, replica_step = NULL, replica_mtime = NULL, replicated_at = NULL, "
+                   "error = NULL")
+
 class LedgerError(RuntimeError):
     """The ledger refused a change; the message says which and why."""
 
@@ -238,8 +242,7 @@ class Ledger:
             else:
                 moved = row["node"] != node
                 db.execute("UPDATE workloads SET node = ?, spec = ?, gpus = ?, seen_at = ?"
-                           + (", replica = NULL, replica_gpus = NULL, replica_step = NULL, replica_mtime = NULL, "
-                              "replicated_at = NULL, error = NULL" if moved else "") + " WHERE name = ?",
+                           + (", " + _FORGET_REPLICA if moved else "") + " WHERE name = ?",
                            (node, json.dumps(spec, sort_keys=True), int(gpus), self.clock(), name))
 
     def workload_moved(self, name: str, node: str) -> bool:
@@ -247,9 +250,8 @@ class Ledger:
         listing), so a recovery or a later eviction looks for it where it runs. Its replica is forgotten when the
         node changed (replication picks a new one). True when a known workload changed node."""
         with self._tx() as db:
-            cur = db.execute("UPDATE workloads SET node = ?, seen_at = ?, replica = NULL, replica_gpus = NULL, "
-                             "replica_step = NULL, replica_mtime = NULL, replicated_at = NULL, replica_root = NULL, "
-                             "error = NULL WHERE name = ? AND node != ?", (node, self.clock(), name, node))
+            cur = db.execute("UPDATE workloads SET node = ?, seen_at = ?, replica_root = NULL, " + _FORGET_REPLICA
+                             + " WHERE name = ? AND node != ?", (node, self.clock(), name, node))
             return cur.rowcount > 0
 
     def workload_gone(self, name: str) -> None:
