@@ -439,22 +439,32 @@ def stop_supervised(pidfile, timeout=10.0):
     info = read_pidfile(pidfile)
     if info is None:
         return False
-    for pid_key, ticks_key in (('supervisor', 'start_ticks'), ('agent', 'agent_ticks')):
-        pid = info.get(pid_key)
-        if pid and _start_ticks(pid) == info.get(ticks_key):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError as exc:
-                if exc.errno != errno.ESRCH:
-                    raise
+
+    def terminate():
+        for pid_key, ticks_key in (('supervisor', 'start_ticks'), ('agent', 'agent_ticks')):
+            pid = info.get(pid_key)
+            if pid and _start_ticks(pid) == info.get(ticks_key):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except OSError as exc:
+                    if exc.errno != errno.ESRCH:
+                        raise
+
+    terminate()
     end = time.time() + timeout
+    again = time.time() + 1.0
     while time.time() < end and any(info.get(k) and _start_ticks(info[k]) == info.get(t)
                                     for k, t in (('supervisor', 'start_ticks'), ('agent', 'agent_ticks'))):
+        if time.time() >= again:
+            # A SIGTERM that reached the agent between the supervisor's fork and its exec ran the supervisor's
+            # handler in the child and was lost; asking again costs nothing (stopping is idempotent).
+            terminate()
+            again = time.time() + 1.0
         time.sleep(0.05)
     for pid_key, ticks_key in (('supervisor', 'start_ticks'), ('agent', 'agent_ticks')):
         pid = info.get(pid_key)
         if pid and _start_ticks(pid) == info.get(ticks_key):
-            os.kill(pid, signal.SIGKILL)
+            _kill_and_wait(pid, info.get(ticks_key))
     # The supervisor may have restarted the agent after the pid file was read: whatever agent the file names now
     # goes too, and stop returns only when nothing it started lives.
     try:
@@ -469,8 +479,21 @@ def stop_supervised(pidfile, timeout=10.0):
         while time.time() < end and _start_ticks(pid) == ticks:
             time.sleep(0.05)
         if _start_ticks(pid) == ticks:
-            os.kill(pid, signal.SIGKILL)
+            _kill_and_wait(pid, ticks)
     return True
+
+
+def _kill_and_wait(pid, ticks, timeout=5.0):
+    """SIGKILL ``pid`` and return once it is gone: a kill is delivered asynchronously, and the state directory's lock
+    is released only when the process has ended (a start right after a stop would be refused otherwise)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+    end = time.time() + timeout
+    while time.time() < end and _start_ticks(pid) == ticks:
+        time.sleep(0.01)
 
 
 def _digest(path):
