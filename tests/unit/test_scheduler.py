@@ -49,7 +49,7 @@ def open_on(ledger, source):
     return ledger.open_migration(f"n-{source}", source, 1.0, 1.0)[1]
 
 
-def scheduler(ledger, clock, window=0.3, batch_max=16, max_concurrent=4):
+def scheduler(ledger, clock, window=0.3, batch_max=16, max_concurrent=4, window_max=2.0):
     started, release = [], threading.Event()
 
     def run(claimed, wave):
@@ -57,6 +57,7 @@ def scheduler(ledger, clock, window=0.3, batch_max=16, max_concurrent=4):
         release.wait(10)
 
     s = Scheduler(ledger, run, max_concurrent, window, batch_max, lambda m: m["attempts"] == 0, clock=clock,
+                  batch_window_max=window_max,
                   log=lambda msg: None)
     s.release = release
     s.started = started
@@ -71,8 +72,10 @@ def test_notices_inside_the_window_become_one_run(ledger):
         assert s.tick() == []               # the window opens: the first waits for the rest of the wave
         clock.now += 0.1
         second, third = open_on(ledger, "node2"), open_on(ledger, "node3")
+        assert s.tick() == []               # they join: the quiet period (0.3 s) starts again
+        clock.now += 0.25                   # 0.35 s after the first, 0.25 s after the latest
         assert s.tick() == []
-        clock.now += 0.25                   # the window (0.3 s) has passed
+        clock.now += 0.06                   # 0.31 s without a new notice
         runs = s.tick()
         assert [[m for m, _fence in r] for r in runs] == [[first, second, third]]
         assert all(fence == 1 for _mid, fence in runs[0])
@@ -84,6 +87,26 @@ def test_notices_inside_the_window_become_one_run(ledger):
         s.stop()
     assert s.started == [([first, second, third], True)]
     assert s.status() == {"active": [], "runs": 0}
+
+
+def test_a_trickling_wave_waits_no_longer_than_the_window_max(ledger):
+    clock = Clock()
+    s = scheduler(ledger, clock, window=0.3, window_max=1.0)
+    try:
+        ids = [open_on(ledger, "node0")]
+        assert s.tick() == []
+        for i in range(1, 4):               # one more every 0.25 s: the quiet period never ends
+            clock.now += 0.25
+            ids.append(open_on(ledger, f"node{i}"))
+            assert s.tick() == [], i
+            assert 0.01 <= s._timeout() <= 0.3
+        clock.now += 0.25                   # 1.0 s after the first: the run starts with what has come
+        ids.append(open_on(ledger, "node4"))
+        runs = s.tick()
+        assert [[m for m, _fence in r] for r in runs] == [ids]
+    finally:
+        s.release.set()
+        s.stop()
 
 
 def test_a_full_wave_does_not_wait_for_the_window(ledger):

@@ -23,6 +23,7 @@ def test_defaults_work_on_the_local_fleet(tmp_path, monkeypatch):
     ("sweep: {hosts: some}", "sweep.hosts is 'some'"),
     ("migrate: {max_concurrent: 0}", "migrate.max_concurrent is 0"),
     ("migrate: {transfer: ftp}", "migrate.transfer is 'ftp'"),
+    ("migrate: {batch_window_max: 60}", "migrate.batch_window_max is 60"),
     ("listen: nowhere", "listen must be HOST:PORT, not 'nowhere'"),
     ("sweeep: {}", "unknown setting(s) in"),
     ("sweep: {every: 3}", "unknown setting(s) in"),

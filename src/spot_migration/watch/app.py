@@ -77,7 +77,8 @@ class Watcher:
         self.reservation_file = self.runner.reservation_file
         self.scheduler = Scheduler(self.ledger, self.runner.run, config.migrate.max_concurrent,
                                    config.migrate.batch_window, config.migrate.batch_max, self.runner.can_join,
-                                   on_in_flight=self.metrics.in_flight.set, log=self.log, fenced_out=fenced_out)
+                                   on_in_flight=self.metrics.in_flight.set, log=self.log, fenced_out=fenced_out,
+                                   batch_window_max=config.migrate.batch_window_max)
         self.replicator = Replicator(config, self.ledger, self.actions, self.groups, self.reservation_file,
                                      self.metrics, self.log, self.scheduler.stopping,
                                      busy=lambda: bool(self.scheduler.active)) if config.replication.enabled else None

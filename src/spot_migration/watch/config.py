@@ -38,7 +38,8 @@ class MigrateConfig:
     enabled: bool = True            # false: record and alert, never migrate (observe-only roll-out)
     transfer: str = "rsync"
     max_concurrent: int = 4         # migrate runs at once (a wave of evictions is one run)
-    batch_window: float = 0.3       # notices this close to the first one share its run (0: no waiting)
+    batch_window: float = 0.5       # a wave's run starts once no notice has joined it for this long (0: no waiting)
+    batch_window_max: float = 2.0   # ... and at the latest this long after its first notice
     batch_max: int = 16             # migrations in one run at most
     forks: int = 20                 # hosts one migration's plays reach in parallel (candidate targets)
     extra_vars: dict[str, Any] = field(default_factory=dict)
@@ -187,6 +188,8 @@ def _check(config: WatchConfig) -> None:
         (int(config.migrate.max_concurrent) >= 1, "migrate.max_concurrent", config.migrate.max_concurrent, "1 or more"),
         (0 <= float(config.migrate.batch_window) <= 10, "migrate.batch_window", config.migrate.batch_window,
          "0 to 10 seconds (a fraction of a second is enough for a wave; every second waited is lost from the window)"),
+        (0 <= float(config.migrate.batch_window_max) <= 30, "migrate.batch_window_max", config.migrate.batch_window_max,
+         "0 to 30 seconds (never less than migrate.batch_window: the larger of the two counts)"),
         (int(config.migrate.batch_max) >= 1, "migrate.batch_max", config.migrate.batch_max, "1 or more"),
         (config.migrate.transfer in ("rsync", "relay", "shared"), "migrate.transfer", config.migrate.transfer,
          "rsync, relay or shared"),

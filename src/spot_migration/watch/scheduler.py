@@ -1,8 +1,11 @@
 """Scheduling: which open migrations run next, and which of them run together as one wave.
 
-Clouds reclaim spot capacity in waves (many nodes of one pool within a second or two). Notices that arrive within
-``batch_window`` seconds of the first become one migrate run over all their sources: one ``ansible-playbook``
-process instead of one each, one joint GPU reservation (no GPU promised twice), hosts in parallel. The ledger
+Clouds reclaim spot capacity in waves (many nodes of one pool within a second or two), and the agents see them over
+their poll interval. A wave's notices become one migrate run over all their sources: the run starts once no new
+notice has come for ``batch_window`` seconds (a quiet period, restarted by each notice that joins), and at the latest
+``batch_window_max`` seconds after the first - one ``ansible-playbook`` process instead of one each, one joint GPU
+reservation (no GPU promised twice), hosts in parallel. The wait costs the workloads nothing: their agents have
+already asked them for the emergency checkpoint. The ledger
 still holds, fences and records each migration on its own. ``max_concurrent`` bounds the runs in flight (each
 costs the controller a process and its forks), ``batch_max`` the migrations in one run.
 
@@ -49,11 +52,12 @@ class Scheduler:
     def __init__(self, ledger: Ledger, run: Callable[[Claimed, bool], None], max_concurrent: int, batch_window: float,
                  batch_max: int, can_join: Callable[[dict], bool], on_in_flight: Callable[[int], None] | None = None,
                  log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
-                 fenced_out: set[str] | None = None):
+                 fenced_out: set[str] | None = None, batch_window_max: float | None = None):
         self.ledger = ledger
         self.run = run
         self.max_concurrent = int(max_concurrent)
         self.batch_window = float(batch_window)
+        self.batch_window_max = max(self.batch_window, float(batch_window if batch_window_max is None else batch_window_max))
         self.batch_max = int(batch_max)
         self.can_join = can_join
         self.on_in_flight = on_in_flight or (lambda n: None)
@@ -66,7 +70,9 @@ class Scheduler:
         self.kick = threading.Event()
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=self.max_concurrent, thread_name_prefix="migrate")
-        self._waiting_since: float | None = None
+        self._waiting_since: float | None = None  # when the first fresh migration of the wave being gathered came
+        self._last_arrival = 0.0                  # when the latest one joined it
+        self._gathered: set[str] = set()
 
     # ------------------------------------------------------------------ the loop
     def loop(self) -> None:
@@ -79,7 +85,8 @@ class Scheduler:
     def _timeout(self) -> float:
         if self._waiting_since is None:
             return 0.5
-        return max(0.01, min(0.5, self._waiting_since + self.batch_window - self.clock()))
+        due = min(self._last_arrival + self.batch_window, self._waiting_since + self.batch_window_max)
+        return max(0.01, min(0.5, due - self.clock()))
 
     def renew(self) -> None:
         with self.lock:
@@ -100,21 +107,28 @@ class Scheduler:
             return []
         claimable = [m for m in self.ledger.claimable() if m["id"] not in self.active]
         if not claimable:
-            self._waiting_since = None
+            self._waiting_since, self._gathered = None, set()
             return []
-        # The batching window: a wave's notices come over a second or so; the first one waits for the rest.
+        # The batching window: a wave's notices come over a second or so; they wait until none has come for
+        # batch_window (each one that joins restarts it), batch_window_max after the first at the latest.
         fresh = [m for m in claimable if self.can_join(m)]
         if fresh and self.batch_window > 0:
             now = self.clock()
+            ids = {m["id"] for m in fresh}
             if self._waiting_since is None:
-                self._waiting_since = now
-            if now - self._waiting_since < self.batch_window and len(fresh) < self.batch_max:
+                self._waiting_since = self._last_arrival = now
+            elif ids - self._gathered:
+                self._last_arrival = now
+            self._gathered = ids
+            quiet = now - self._last_arrival >= self.batch_window
+            overdue = now - self._waiting_since >= self.batch_window_max
+            if not quiet and not overdue and len(fresh) < self.batch_max:
                 # Meanwhile, what may not join a wave starts at once.
                 claimable = [m for m in claimable if not self.can_join(m)]
                 if not claimable:
                     return []
             else:
-                self._waiting_since = None
+                self._waiting_since, self._gathered = None, set()
         started = []
         for group in batches(claimable, self.batch_max, self.can_join)[:free]:
             if self.stopping.is_set():
