@@ -57,9 +57,9 @@ def migration_plan(variables, groups):
 
 
 @_guard
-def migration_candidates(the_plan, hostvars, groups):
+def migration_candidates(the_plan, hostvars, groups, more=None):
     the_plan = _plain(the_plan)
-    return _plan.candidates(the_plan, _host_vars(hostvars, the_plan['candidates']), _plain(groups))
+    return _plan.candidates(the_plan, _host_vars(hostvars, the_plan['candidates']), _plain(groups), _plain(more))
 
 
 @_guard
@@ -83,8 +83,8 @@ def migration_started_here(placed_by_target, source):
 
 
 @_guard
-def migration_requests(the_plan, checkpoints):
-    return _plan.requests(_plain(the_plan), _plain(checkpoints))
+def migration_requests(the_plan, checkpoints, unplaced=None):
+    return _plan.requests(_plain(the_plan), _plain(checkpoints), _plain(unplaced))
 
 
 @_guard

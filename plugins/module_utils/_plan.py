@@ -153,6 +153,14 @@ def plan(variables, groups, now=None):
     for host in pool:
         if host not in candidates and host not in sources and host not in exclude and (not only or host in only):
             candidates.append(host)
+    # Placement prefers the standby (on-demand) nodes, so they are asked first, with the targets replicas already wait
+    # on; the other candidates only when those cannot take every workload (every node asked costs the controller an
+    # SSH session and a module run while the window runs). Without a standby group, or with pinned targets, all at once.
+    preferred = set(groups.get('standby') or []) | set(
+        str(r.get('target')) for e in by_source.values() for r in e['prestaged'].values() if isinstance(r, dict))
+    first = [h for h in candidates if h in preferred]
+    if only or not first:
+        first = list(candidates)
     settings = {}
     for key, default in (('safety_margin', 5.0), ('default_deadline', 30.0), ('resume_timeout', 120.0)):
         value = _float(variables.get(key), key)
@@ -168,7 +176,8 @@ def plan(variables, groups, now=None):
         if not str(hook).startswith(('http://', 'https://')):
             raise MigrationError('alert_webhooks: %r is not an http(s) URL' % (hook,), value=hook)
     settings['alert_webhooks'] = [str(h) for h in hooks]
-    out = {'sources': sources, 'by_source': by_source, 'candidates': candidates, 'transfer': transfer,
+    out = {'sources': sources, 'by_source': by_source, 'candidates': candidates, 'first_candidates': first,
+           'later_candidates': [h for h in candidates if h not in first], 'transfer': transfer,
            'target': target, 'exclude': exclude, 'source_stop': source_stop}
     out.update(settings)
     return out
@@ -196,12 +205,14 @@ def candidate(host, gpus, notice, lifecycle):
             'evicting': bool(notice.get('evicting')), 'blind': failed or bool(notice.get('error')), 'error': error}
 
 
-def candidates(the_plan, host_vars, groups):
-    """Every candidate target described (``migrate_described``: migration_target step=describe registered on it);
-    one that could not be asked (unreachable, failed) is blind."""
+def candidates(the_plan, host_vars, groups, more=None):
+    """Every candidate target described (``migrate_described``: migration_target step=describe registered on it, or
+    the results of a loop that described more of them, ``more``, each with its ``item``); one that could not be asked
+    (unreachable, failed) is blind. One not asked at all is left out."""
     out = []
+    extra = dict((r.get('item'), r) for r in more or [] if isinstance(r, dict) and r.get('item'))
     for host in the_plan['candidates']:
-        described = (host_vars.get(host) or {}).get('migrate_described')
+        described = (host_vars.get(host) or {}).get('migrate_described') or extra.get(host)
         if not described or described.get('skipped'):
             continue
         if described.get('candidate'):
@@ -213,13 +224,17 @@ def candidates(the_plan, host_vars, groups):
     return out
 
 
-def requests(the_plan, checkpoints):
-    """The joint reservation's requests: one per workload of every source whose checkpoint step answered."""
+def requests(the_plan, checkpoints, unplaced=None):
+    """The joint reservation's requests: one per workload of every source whose checkpoint step answered. With
+    ``unplaced`` (an earlier round's reservations), only those that round could not place (an ``error``)."""
+    missing = None if unplaced is None else set(r.get('owner') for r in unplaced or [] if r.get('error'))
     out = []
     for source in the_plan['sources']:
         entry = the_plan['by_source'][source]
         result = checkpoints.get(source) or {}
         for w in result.get('moving') or []:
+            if missing is not None and '%s/%s' % (entry['id'], w['name']) not in missing:
+                continue
             out.append({'owner': '%s/%s' % (entry['id'], w['name']), 'name': w['name'], 'source': source,
                         'gpus': len((w.get('spec') or {}).get('gpus') or []), 'exclude': [source],
                         'target': entry['pinned_targets'].get(w['name']) or the_plan.get('target'),

@@ -19,6 +19,13 @@ def _progress(fleet, node: str, name: str) -> dict:
     return json.loads((Path(fleet.node(node).paths["checkpoints"]) / name / "progress.json").read_text())
 
 
+def _play(stdout: str, name: str) -> str:
+    """One play's part of ansible-playbook's output."""
+    start = stdout.index(f"PLAY [{name}]")
+    end = stdout.find("PLAY [", start + 1)
+    return stdout[start:end if end > 0 else None]
+
+
 @pytest.mark.parametrize("source, runtime, notice", [
     ("node1", "process", "spot_interruption"),  # AWS
     ("node2", "podman", "preempt"),             # GCP
@@ -31,6 +38,11 @@ def test_full_migration(fleet, migrations, webhook, source, runtime, notice):
     fleet_mod.inject(fleet.dir, source, notice)
     result = migrations.migrate(source, "-e", json.dumps({"alert_webhooks": [url]}))
     assert "standby1" in result.stdout
+    # The standby node could take it: the other spot nodes were never asked.
+    asked = _play(result.stdout, "Emergency checkpoints on the sources, the candidates described meanwhile")
+    others = {"node1", "node2", "node3"} - {source}
+    assert "[standby1]" in asked and not [n for n in others if f"[{n}]" in asked], asked
+    assert "skipping: no hosts matched" in _play(result.stdout, "Describe the other candidate targets")
     [record] = migrations.records_written()
     [row] = record["migrations"]
     assert row["workload"] == name and row["source"] == source and row["target"] == "standby1"
@@ -76,6 +88,20 @@ def test_no_capacity_fails_and_leaves_the_workload_running(fleet, migrations):
     assert "no target has capacity for 2 GPU(s)" in result.stdout
     assert "standby1: 1 usable free GPU(s), 2 needed" in result.stdout
     assert migrations.where(name) == {"node1": True}, "the workload keeps running on the source"
+
+
+def test_a_full_standby_node_means_the_other_candidates_are_asked(fleet, migrations):
+    name = "mig-standby-full"
+    migrations.deploy("node1", name)
+    migrations.deploy("standby1", "filler-standby", gpus=2)
+    fleet_mod.inject(fleet.dir, "node1", "spot_interruption")
+    result = migrations.migrate("node1")
+    later = _play(result.stdout, "Describe the other candidate targets")
+    assert "ok: [node2]" in later and "ok: [node3]" in later, later
+    [row] = migrations.records_written()[0]["migrations"]
+    assert row["target"] in ("node2", "node3") and row["outcome"] == "running", row
+    assert migrations.where(name) == {row["target"]: True}
+    assert _progress(fleet, row["target"], name)["resumed_from"] == row["checkpoint_step"]
 
 
 def test_late_checkpoint_falls_back_to_the_newest_on_disk(fleet, migrations):

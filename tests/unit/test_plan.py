@@ -113,6 +113,36 @@ def test_only_the_pinned_target_is_asked():
     assert plan_mod.plan(dict(resumed, workloads=["w", "v"]), GROUPS)["candidates"] == ["standby1", "node2"]
 
 
+def test_standby_nodes_and_replica_targets_are_asked_first_the_others_only_when_short():
+    groups = {"all": ["node1", "node2", "node3", "standby1", "standby2"], "spot": ["node1", "node2", "node3"],
+              "standby": ["standby1", "standby2"]}
+    p = plan_mod.plan({"source": "node1"}, groups)
+    assert p["candidates"] == ["standby1", "standby2", "node2", "node3"]
+    assert p["first_candidates"] == ["standby1", "standby2"] and p["later_candidates"] == ["node2", "node3"]
+    # A replica already waiting on a spot node: that node is asked with the standby nodes.
+    staged = {"source": "node1", "prestaged": {"w": {"target": "node3", "root": "/r", "step": 5}}}
+    assert plan_mod.plan(staged, groups)["first_candidates"] == ["standby1", "standby2", "node3"]
+    # No standby group, or a pinned target: everything at once, nothing later.
+    spot_only = {"all": ["node1", "node2"], "spot": ["node1", "node2"]}
+    assert plan_mod.plan({"source": "node1"}, spot_only)["first_candidates"] == ["node2"]
+    pinned = plan_mod.plan({"source": "node1", "target": "node2"}, groups)
+    assert pinned["first_candidates"] == ["node2"] and pinned["later_candidates"] == []
+    # The second round asks again only for what the first could not place.
+    checkpoints = {"node1": {"moving": [{"name": "a", "spec": {"gpus": [0]}}, {"name": "b", "spec": {"gpus": [0]}}]}}
+    mid = p["by_source"]["node1"]["id"]
+    assert [r["name"] for r in plan_mod.requests(p, checkpoints)] == ["a", "b"]
+    first_round = [{"owner": f"{mid}/a", "target": "standby1", "error": None},
+                   {"owner": f"{mid}/b", "target": None, "error": "no target has capacity"}]
+    assert [r["name"] for r in plan_mod.requests(p, checkpoints, first_round)] == ["b"]
+    # Candidates not asked are left out; ones described by a later loop (failover) count.
+    described = {"standby1": {"migrate_described": {"candidate": {"host": "standby1", "free_gpus": [0]}}}}
+    assert [c["host"] for c in plan_mod.candidates(p, described, groups)] == ["standby1"]
+    more = [{"item": "node3", "candidate": {"host": "node3", "free_gpus": [1]}},
+            {"item": "node2", "unreachable": True, "msg": "ssh: connect refused"}]
+    got = plan_mod.candidates(p, described, groups, more)
+    assert [(c["host"], c.get("blind", False)) for c in got] == [("standby1", False), ("node2", True), ("node3", False)]
+
+
 def test_describe_is_blind_when_the_gpus_cannot_be_read():
     def broken():
         raise OSError("nvidia-smi: not found")
