@@ -271,13 +271,13 @@ def push_one(transfer, row, assignment, migration_id, run):
 
 
 def source_release(by_runtime, run, migration_id, source, moving, assignments, transfer_kind, check_mode,
-                   stop_timeout=30.0, emergency=None, stop='auto'):
+                   stop_timeout=30.0, emergency=None, stop='auto', ciphers=None):
     """Stop, take the newest complete checkpoint, seal it and (rsync, shared) push it to the assigned target, for
     every workload in ``assignments``. A workload that cannot be sealed is started again here; one whose transfer
     failed is listed in ``failed_transfers`` (the playbook tries the next target)."""
     migration_id = check_id(migration_id)
     by_name = dict((w['name'], w) for w in moving)
-    transfer = create_transfer(transfer_kind if transfer_kind in ('rsync', 'shared') else 'shared', run)
+    transfer = create_transfer(transfer_kind if transfer_kind in ('rsync', 'shared') else 'shared', run, ciphers=ciphers)
     rows, errors = {}, []
     for name in sorted(assignments):
         w = by_name.get(name)
@@ -316,12 +316,13 @@ def source_release(by_runtime, run, migration_id, source, moving, assignments, t
     }
 
 
-def source_transfer(run, migration_id, source, sealed, assignments, transfer_kind, source_endpoint=None):
+def source_transfer(run, migration_id, source, sealed, assignments, transfer_kind, source_endpoint=None, ciphers=None):
     """Move already sealed checkpoints (``sealed`` rows from ``source_release``) to ``assignments``: the relay from the
     controller, or the push to a next target after the first failed."""
     migration_id = check_id(migration_id)
     transfer = create_transfer(transfer_kind, run,
-                               source=endpoint(source_endpoint, 'source') if transfer_kind == 'relay' else None)
+                               source=endpoint(source_endpoint, 'source') if transfer_kind == 'relay' else None,
+                               ciphers=ciphers)
     rows = {}
     for row in sealed:
         if row['name'] not in assignments or row.get('error'):

@@ -17,6 +17,7 @@ from __future__ import absolute_import, division, print_function
 
 import json
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -53,13 +54,30 @@ def rsync_rsh(argv):
     return ' '.join(words)
 
 
-def rsync_argv(sources, dest, ssh, link_dest=None, bwlimit=0, prefix=(), partial=False, extra=()):
+# OpenSSH's own ciphers with AES-GCM first: with AES-NI it moves a checkpoint about a third faster than the default
+# chacha20-poly1305 (1 GiB node to node on the bench fleet: 3.6-3.9 s against 5.3-8.2 s); a server that accepts the
+# defaults accepts one of these. Modules take it as their ``ssh_ciphers`` default; empty leaves ssh's own choice.
+PREFERRED_CIPHERS = ('aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,'
+                     'aes128-ctr,aes192-ctr,aes256-ctr')
+
+
+def with_ciphers(ssh, ciphers):
+    """``ssh`` (an argv list) asking for ``ciphers`` in that order; unchanged when ``ciphers`` is empty."""
+    if not ciphers:
+        return list(ssh)
+    if not re.match(r'^[A-Za-z0-9][A-Za-z0-9@._-]*(,[A-Za-z0-9][A-Za-z0-9@._-]*)*$', ciphers):
+        raise TransferError('ssh_ciphers must be a comma-separated list of cipher names, not %r' % (ciphers,))
+    return [ssh[0], '-c', ciphers] + list(ssh[1:])
+
+
+def rsync_argv(sources, dest, ssh, link_dest=None, bwlimit=0, prefix=(), partial=False, extra=(), ciphers=None):
     """The one rsync command line: whole files (checkpoints do not delta-compress), archive mode, the destination's
-    parents made, SSH given as an argv list. ``link_dest``: hard-link files unchanged to the nanosecond from there."""
+    parents made, SSH given as an argv list (asking for ``ciphers`` when given). ``link_dest``: hard-link files
+    unchanged to the nanosecond from there."""
     argv = list(prefix) + ['rsync', '--archive', '--whole-file', '--mkpath']
     if partial:
         argv.append('--partial')
-    argv += ['--rsh', rsync_rsh(list(ssh))]
+    argv += ['--rsh', rsync_rsh(with_ciphers(ssh, ciphers))]
     if int(bwlimit or 0) > 0:
         argv.append('--bwlimit=%d' % int(bwlimit))
     if link_dest:
@@ -105,9 +123,10 @@ class RsyncPush(Transfer):
 
     kind = 'rsync'
 
-    def __init__(self, run, timeout=None):
+    def __init__(self, run, timeout=None, ciphers=None):
         self.run = run
         self.timeout = timeout
+        self.ciphers = ciphers
 
     def replica_checkpoint(self, target, root):
         """The newest published replica's checkpoint path on ``target`` (its ``latest.json``), or None. One SSH
@@ -130,7 +149,8 @@ class RsyncPush(Transfer):
         # A directory's contents go into staging/<its name>/ so that --link-dest can point at a replica's own
         # checkpoint directory, whatever its name.
         linked = link_dest if link_dest and is_dir else (os.path.dirname(link_dest) if link_dest else None)
-        argv = rsync_argv(checkpoint_files(checkpoint, is_dir), dest, target.ssh, link_dest=linked, partial=True)
+        argv = rsync_argv(checkpoint_files(checkpoint, is_dir), dest, target.ssh, link_dest=linked, partial=True,
+                          ciphers=self.ciphers)
         rc, out, err = self.run(argv)
         if rc != 0:
             raise TransferError('rsync of %s to %s:%s failed (exit %s): %s'
@@ -145,9 +165,10 @@ class Relay(Transfer):
 
     kind = 'relay'
 
-    def __init__(self, run, source):
+    def __init__(self, run, source, ciphers=None):
         self.run = run
         self.source = source
+        self.ciphers = ciphers
 
     def _rsync(self, argv, checkpoint, target):
         rc, out, err = self.run(argv)
@@ -162,11 +183,13 @@ class Relay(Transfer):
         try:
             name = os.path.basename(checkpoint.rstrip('/'))
             pulled = ['%s:%s' % (self.source.host, p.rstrip('/')) for p in checkpoint_files(checkpoint, is_dir)]
-            self._rsync(rsync_argv(pulled, tmp + '/', self.source.ssh, partial=True), checkpoint, target)
+            self._rsync(rsync_argv(pulled, tmp + '/', self.source.ssh, partial=True, ciphers=self.ciphers),
+                        checkpoint, target)
             here = [os.path.join(tmp, n) for n in sorted(os.listdir(tmp))]
             if not here:
                 raise TransferError('relay of %s: nothing was pulled from %s' % (checkpoint, self.source.name))
-            self._rsync(rsync_argv(here, '%s:%s/' % (target.host, staging), target.ssh, partial=True), checkpoint, target)
+            self._rsync(rsync_argv(here, '%s:%s/' % (target.host, staging), target.ssh, partial=True,
+                                   ciphers=self.ciphers), checkpoint, target)
             return {'staged': os.path.join(staging, name), 'bytes': size, 'seconds': round(time.time() - start, 3),
                     'linked_from': None, 'kind': self.kind}
         finally:
@@ -182,14 +205,16 @@ class Shared(Transfer):
         return {'staged': checkpoint, 'bytes': 0, 'seconds': 0.0, 'linked_from': None, 'kind': self.kind}
 
 
-def create_transfer(kind, run, source=None, timeout=None):
-    """The one factory for transfers."""
+def create_transfer(kind, run, source=None, timeout=None, ciphers=None):
+    """The one factory for transfers (``ciphers``: see :data:`PREFERRED_CIPHERS`)."""
+    if ciphers:
+        with_ciphers(['ssh'], ciphers)  # a bad list fails here, before anything is stopped or sent
     if kind == 'rsync':
-        return RsyncPush(run, timeout)
+        return RsyncPush(run, timeout, ciphers)
     if kind == 'relay':
         if source is None:
             raise TransferError('transfer relay needs the source node as an endpoint')
-        return Relay(run, source)
+        return Relay(run, source, ciphers)
     if kind == 'shared':
         return Shared()
     raise TransferError('transfer must be one of %s, not %r' % (', '.join(KINDS), kind))

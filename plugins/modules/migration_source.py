@@ -96,6 +96,14 @@ options:
     type: str
     choices: [rsync, relay, shared]
     default: rsync
+  ssh_ciphers:
+    description:
+      - The ciphers the transfer's SSH connections ask for, in order of preference (C(ssh -c)). The default is
+        OpenSSH's own list with AES-GCM first, which moves a checkpoint about a third faster than the default
+        chacha20-poly1305 on CPUs with AES-NI; a server that accepts OpenSSH's defaults accepts one of them.
+      - An empty string leaves the choice to ssh and its configuration (for example where a policy fixes the ciphers).
+    type: str
+    default: aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr
   sealed:
     description: The C(sealed) list of an earlier V(release) (V(transfer), V(restart)).
     type: list
@@ -191,7 +199,7 @@ from ansible_collections.spot.migration.plugins.module_utils._http import ansibl
 from ansible_collections.spot.migration.plugins.module_utils._metadata import check_notice
 from ansible_collections.spot.migration.plugins.module_utils._migration import (
     MigrationError, drivers, source_checkpoint, source_cleanup, source_release, source_restart, source_transfer)
-from ansible_collections.spot.migration.plugins.module_utils._transfer import TransferError
+from ansible_collections.spot.migration.plugins.module_utils._transfer import PREFERRED_CIPHERS, TransferError
 
 
 def main():
@@ -211,6 +219,7 @@ def main():
             moving=dict(type='list', elements='dict', default=[]),
             assignments=dict(type='dict', default={}),
             transfer=dict(type='str', default='rsync', choices=['rsync', 'relay', 'shared']),
+            ssh_ciphers=dict(type='str', default=PREFERRED_CIPHERS),
             sealed=dict(type='list', elements='dict', default=[]),
             source_endpoint=dict(type='dict'),
             stop_timeout=dict(type='float', default=30.0),
@@ -226,7 +235,8 @@ def main():
     with fail_on_exception(module, (MigrationError, TransferError)):
         mid, source = p['migration_id'], p['source']
         if p['step'] == 'transfer':
-            result = source_transfer(run, mid, source, p['sealed'], p['assignments'], p['transfer'], p['source_endpoint'])
+            result = source_transfer(run, mid, source, p['sealed'], p['assignments'], p['transfer'], p['source_endpoint'],
+                                     p['ssh_ciphers'])
             module.exit_json(**result)
         by_runtime = drivers(run, module.get_bin_path, p['workload_root'], p['container_cli'], warn=module.warn)
         if p['step'] == 'checkpoint':
@@ -241,7 +251,7 @@ def main():
                                        p['safety_margin'], p['signalled_at'], module.check_mode, module.warn)
         elif p['step'] == 'release':
             result = source_release(by_runtime, run, mid, source, p['moving'], p['assignments'], p['transfer'],
-                                    module.check_mode, p['stop_timeout'], p['emergency'], p['stop'])
+                                    module.check_mode, p['stop_timeout'], p['emergency'], p['stop'], p['ssh_ciphers'])
         elif p['step'] == 'cleanup':
             result = source_cleanup(by_runtime, mid, source, [w['name'] for w in p['moving']], module.check_mode)
         else:
