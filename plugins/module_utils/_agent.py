@@ -439,32 +439,8 @@ def stop_supervised(pidfile, timeout=10.0):
     info = read_pidfile(pidfile)
     if info is None:
         return False
-
-    def terminate():
-        for pid_key, ticks_key in (('supervisor', 'start_ticks'), ('agent', 'agent_ticks')):
-            pid = info.get(pid_key)
-            if pid and _start_ticks(pid) == info.get(ticks_key):
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except OSError as exc:
-                    if exc.errno != errno.ESRCH:
-                        raise
-
-    terminate()
-    end = time.time() + timeout
-    again = time.time() + 1.0
-    while time.time() < end and any(info.get(k) and _start_ticks(info[k]) == info.get(t)
-                                    for k, t in (('supervisor', 'start_ticks'), ('agent', 'agent_ticks'))):
-        if time.time() >= again:
-            # A SIGTERM that reached the agent between the supervisor's fork and its exec ran the supervisor's
-            # handler in the child and was lost; asking again costs nothing (stopping is idempotent).
-            terminate()
-            again = time.time() + 1.0
-        time.sleep(0.05)
-    for pid_key, ticks_key in (('supervisor', 'start_ticks'), ('agent', 'agent_ticks')):
-        pid = info.get(pid_key)
-        if pid and _start_ticks(pid) == info.get(ticks_key):
-            _kill_and_wait(pid, info.get(ticks_key))
+    _stop_processes([(info.get('supervisor'), info.get('start_ticks')), (info.get('agent'), info.get('agent_ticks'))],
+                    timeout)
     # The supervisor may have restarted the agent after the pid file was read: whatever agent the file names now
     # goes too, and stop returns only when nothing it started lives.
     try:
@@ -472,27 +448,38 @@ def stop_supervised(pidfile, timeout=10.0):
             latest = json.load(handle)
     except (IOError, OSError, ValueError):
         latest = {}
-    pid, ticks = latest.get('agent'), latest.get('agent_ticks')
-    if pid and pid != info.get('agent') and _start_ticks(pid) == ticks:
-        os.kill(pid, signal.SIGTERM)
-        end = time.time() + timeout
-        while time.time() < end and _start_ticks(pid) == ticks:
-            time.sleep(0.05)
-        if _start_ticks(pid) == ticks:
-            _kill_and_wait(pid, ticks)
+    if latest.get('agent') and latest.get('agent') != info.get('agent'):
+        _stop_processes([(latest.get('agent'), latest.get('agent_ticks'))], timeout)
     return True
 
 
-def _kill_and_wait(pid, ticks, timeout=5.0):
-    """SIGKILL ``pid`` and return once it is gone: a kill is delivered asynchronously, and the state directory's lock
-    is released only when the process has ended (a start right after a stop would be refused otherwise)."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError as exc:
-        if exc.errno != errno.ESRCH:
-            raise
+def _stop_processes(processes, timeout):
+    """SIGTERM each ``(pid, start ticks)`` still alive, SIGKILL what is left after ``timeout``, and return only once all
+    are gone. SIGTERM is sent again every second: one that reached a child between the supervisor's fork and its exec
+    ran the supervisor's handler there and was lost (stopping is idempotent). A kill is delivered asynchronously and the
+    state directory's lock is released only when the process has ended, so a start right after a stop would be
+    refused if this returned earlier."""
+    def alive():
+        return [(pid, ticks) for pid, ticks in processes if pid and _start_ticks(pid) == ticks]
+
+    def send(sig):
+        for pid, _ticks in alive():
+            try:
+                os.kill(pid, sig)
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+
     end = time.time() + timeout
-    while time.time() < end and _start_ticks(pid) == ticks:
+    again = 0.0
+    while time.time() < end and alive():
+        if time.time() >= again:
+            send(signal.SIGTERM)
+            again = time.time() + 1.0
+        time.sleep(0.05)
+    send(signal.SIGKILL)
+    end = time.time() + 5.0
+    while time.time() < end and alive():
         time.sleep(0.01)
 
 

@@ -157,7 +157,7 @@ def plan(variables, groups, now=None):
     # on; the other candidates only when those cannot take every workload (every node asked costs the controller an
     # SSH session and a module run while the window runs). Without a standby group, or with pinned targets, all at once.
     preferred = set(groups.get('standby') or []) | set(
-        str(r.get('target')) for e in by_source.values() for r in e['prestaged'].values() if isinstance(r, dict))
+        r['target'] for e in by_source.values() for r in e['prestaged'].values() if isinstance(r, dict) and r.get('target'))
     first = [h for h in candidates if h in preferred]
     if only or not first:
         first = list(candidates)

@@ -61,12 +61,17 @@ PREFERRED_CIPHERS = ('aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-pol
                      'aes128-ctr,aes192-ctr,aes256-ctr')
 
 
+def check_ciphers(ciphers):
+    """``ciphers`` when it is a comma-separated list of cipher names (or empty); TransferError otherwise."""
+    if ciphers and not re.match(r'^[A-Za-z0-9][A-Za-z0-9@._-]*(,[A-Za-z0-9][A-Za-z0-9@._-]*)*$', ciphers):
+        raise TransferError('ssh_ciphers must be a comma-separated list of cipher names, not %r' % (ciphers,))
+    return ciphers
+
+
 def with_ciphers(ssh, ciphers):
     """``ssh`` (an argv list) asking for ``ciphers`` in that order; unchanged when ``ciphers`` is empty."""
-    if not ciphers:
+    if not check_ciphers(ciphers):
         return list(ssh)
-    if not re.match(r'^[A-Za-z0-9][A-Za-z0-9@._-]*(,[A-Za-z0-9][A-Za-z0-9@._-]*)*$', ciphers):
-        raise TransferError('ssh_ciphers must be a comma-separated list of cipher names, not %r' % (ciphers,))
     return [ssh[0], '-c', ciphers] + list(ssh[1:])
 
 
@@ -207,8 +212,7 @@ class Shared(Transfer):
 
 def create_transfer(kind, run, source=None, timeout=None, ciphers=None):
     """The one factory for transfers (``ciphers``: see :data:`PREFERRED_CIPHERS`)."""
-    if ciphers:
-        with_ciphers(['ssh'], ciphers)  # a bad list fails here, before anything is stopped or sent
+    check_ciphers(ciphers)  # a bad list fails here, before anything is stopped or sent
     if kind == 'rsync':
         return RsyncPush(run, timeout, ciphers)
     if kind == 'relay':
