@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 # podman here needs runc and explicit ulimits (crun fails on this kernel's cgroups).
-export CONTAINERS_CONF := $(CURDIR)/hacking/containers.conf
+export CONTAINERS_CONF := $(CURDIR)/src/spot_migration/data/containers.conf
 
 .PHONY: setup demo test pytest sanity lint changelog bench clean
 

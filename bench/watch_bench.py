@@ -48,7 +48,7 @@ BIN = Path(sys.executable).parent
 def env() -> dict[str, str]:
     return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections_path()), ANSIBLE_NOCOLOR="1",
                 ANSIBLE_PIPELINING="true", PATH=f"{BIN}:{os.environ['PATH']}",
-                CONTAINERS_CONF=str(ROOT / "hacking" / "containers.conf"))
+                CONTAINERS_CONF=str(fleet_mod.CONTAINERS_CONF))
 
 
 def pct(values: list[float], p: float) -> float | None:

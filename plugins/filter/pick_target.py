@@ -19,6 +19,7 @@ description:
     without enough free GPUs (with at least O(min_free_memory_mb) free each, not reserved by other migrations).
   - The rest are ranked on-demand / standby first, then by most free GPU memory, then by name, so the same
     inputs always give the same answer.
+positional: gpus, min_free_memory_mb, exclude, reservations
 options:
   _input:
     description:

@@ -15,6 +15,7 @@ author:
 description:
   - Replaces the prefix O(old) by O(new) in every string of a nested structure (a workload spec), where the string is
     O(old) itself or starts with O(old) followed by C(/). Used when nodes keep checkpoints under different roots.
+positional: old, new
 options:
   _input:
     description: The structure (dict, list or string).

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 
-from ._common import write_json_atomic
+from ._common import LOG_FORMATS, Warning_, log_line, write_json_atomic
 from ._follow import Follower
 from ._http import urllib_fetch
 from ._metadata import make_probe
@@ -46,6 +46,7 @@ DEFAULTS = {
     'container_cli': None, 'poll_interval': 1.0, 'heartbeat_interval': 5.0, 'probe_timeout': 3.0,
     'evicting_kinds': list(DEFAULT_EVICTING_KINDS), 'signal_workloads': True, 'push_timeout': 5.0,
     'max_backoff': 5.0, 'min_loop_interval': 0.2, 'gcp_max_hang': 10, 'replicate_poll': 0.5, 'replicate_timeout': 3600.0,
+    'log_format': 'text',
 }
 
 
@@ -69,6 +70,8 @@ def load_config(path):
     for key in ('node', 'watcher_url', 'secret_file', 'state_dir'):
         if not config.get(key):
             raise AgentError('agent config %s: %s is required' % (path, key))
+    if config['log_format'] not in LOG_FORMATS:
+        raise AgentError('agent config %s: log_format is %r; it must be text or json' % (path, config['log_format']))
     return config
 
 
@@ -101,7 +104,8 @@ class Agent:
         self.fetch = fetch
         self.clock = clock
         self.sleep = sleep
-        self.log = log or (lambda msg: sys.stderr.write('%s %s\n' % (iso_utc(clock()), msg)) or sys.stderr.flush())
+        log_format = config.get('log_format', 'text')
+        self.log = log or (lambda msg: sys.stderr.write(log_line(clock(), msg, log_format) + '\n') or sys.stderr.flush())
         with open(config['secret_file']) as handle:
             self.secret = load_secret(handle.read(), 'secret file %s' % config['secret_file'])
         self.state_path = os.path.join(config['state_dir'], 'state.json')
@@ -168,7 +172,7 @@ class Agent:
     def _blind(self, error):
         if self.blind_since is None:
             self.blind_since = self.clock()
-            self.log('blind: %s' % error)
+            self.log(Warning_('blind: %s' % error))
             self.heartbeat_due = 0.0  # tell the watcher now, not at the next heartbeat
             self.wake.set()
         self.blind_error = error
@@ -270,7 +274,7 @@ class Agent:
             if answer.get('in_reply_to') != nonce:
                 raise SignatureError('replayed', 'acknowledgement is not a reply to push %s' % nonce)
         except SignatureError as exc:
-            self.log('instructions in the acknowledgement ignored: %s' % exc)
+            self.log(Warning_('instructions in the acknowledgement ignored: %s' % exc))
             return
         if answer.get('fence'):
             self.fence_workloads(answer['fence'])
@@ -278,7 +282,7 @@ class Agent:
             try:
                 self.follower.update(answer['replicate'])
             except ValueError as exc:
-                self.log('replication plan refused: %s' % exc)
+                self.log(Warning_('replication plan refused: %s' % exc))
 
     def heartbeat_payload(self):
         now = self.clock()
@@ -303,7 +307,7 @@ class Agent:
                        'signalled': entry['signalled'], 'sent_at': iso_utc(self.clock())}
             ok, error = self._post(payload)
             if not ok:
-                self.log('push of notice %s not acknowledged, will retry: %s' % (notice_id, error))
+                self.log(Warning_('push of notice %s not acknowledged, will retry: %s' % (notice_id, error)))
                 return False
             with self.lock:
                 entry['acked_at'] = iso_utc(self.clock())
@@ -313,7 +317,7 @@ class Agent:
         if self.clock() >= self.heartbeat_due:
             ok, error = self._post(self.heartbeat_payload())
             if not ok:
-                self.log('heartbeat not acknowledged: %s' % error)
+                self.log(Warning_('heartbeat not acknowledged: %s' % error))
                 return False
             self.heartbeat_due = self.clock() + float(self.config['heartbeat_interval'])
         return True

@@ -104,8 +104,9 @@ def check_safetensors(path, size=None):
         if name == '__metadata__':
             continue
         offsets = entry.get('data_offsets') if isinstance(entry, dict) else None
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets) or offsets[0] > offsets[1]):
+        well_formed = isinstance(offsets, list) and len(offsets) == 2 and all(
+            isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        if not well_formed or offsets[0] > offsets[1]:
             raise Incomplete('safetensors tensor %r has bad data_offsets %r' % (name, offsets))
         end = max(end, offsets[1])
     expected = 8 + header_len + end

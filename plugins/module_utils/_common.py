@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 
 __metaclass__ = type
 
@@ -80,3 +81,20 @@ def command_runner(module):
         return module.run_command(list(argv), data=data, check_rc=False,
                                   environ_update={'LC_ALL': 'C', 'LANG': 'C'})
     return run
+
+
+LOG_FORMATS = ('text', 'json')
+
+
+class Warning_(str):
+    """A log message that is a warning (a ``str``: a plain log callable prints it as it is)."""
+    level = 'warning'
+
+
+def log_line(epoch, message, log_format='text'):
+    """One log line: date (UTC, ISO 8601, milliseconds), level, message; or the same as one JSON object."""
+    stamp = time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(epoch)) + '.%03dZ' % int((epoch % 1) * 1000)
+    level = getattr(message, 'level', 'info')
+    if log_format == 'json':
+        return json.dumps({'time': stamp, 'level': level, 'logger': 'spot_migration.agent', 'message': str(message)})
+    return '%s %-7s %s' % (stamp, level, message)

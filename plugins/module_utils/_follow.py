@@ -28,6 +28,7 @@ import time
 
 from . import _replica as rep
 from ._checkpoint import MANIFEST_NAME, CheckpointError
+from ._common import Warning_
 from ._workload import run_argv
 
 __metaclass__ = type
@@ -213,9 +214,9 @@ class Follower:
             # Shards that did not change (same name, size and time to the nanosecond: --modify-window=-1) are
             # hard-linked from the previous replica. Manifests are left out of that pass and sent by the next. The
             # manifest check on the replica node still covers every byte; after a failed copy no links are made.
-            rc, out, err = self.run_cmd(argv + ['--modify-window=-1', '--exclude=' + MANIFEST_NAME,
-                                                '--link-dest=%s/step-%d/%s' % (root, last, status['name'])]
-                                        + sources + [dest], timeout=self.timeout)
+            options = ['--modify-window=-1', '--exclude=' + MANIFEST_NAME,
+                       '--link-dest=%s/step-%d/%s' % (root, last, status['name'])]
+            rc, out, err = self.run_cmd(argv + options + sources + [dest], timeout=self.timeout)
         if rc == 0:
             rc, out, err = self.run_cmd(argv + sources + [dest], timeout=self.timeout)
         shutil.rmtree(hold_dir, ignore_errors=True)
@@ -238,7 +239,7 @@ class Follower:
             status = self.status.get(name)
             if status is not None:
                 if status['error'] != error:
-                    self.log('replication of %s: %s' % (name, error))
+                    self.log(Warning_('replication of %s: %s' % (name, error)))
                 status['error'] = error
         return False
 
@@ -259,7 +260,7 @@ class Follower:
                 try:
                     self.tick()
                 except Exception as exc:  # noqa: BLE001 - a bug in one pass must not end replication for good
-                    self.log('replication pass failed: %s: %s' % (type(exc).__name__, exc))
+                    self.log(Warning_('replication pass failed: %s: %s' % (type(exc).__name__, exc)))
                 stopping.wait(self.poll)
         finally:
             self.close()

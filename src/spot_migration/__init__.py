@@ -4,29 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__version__ = "1.0.0"
-
-
-def collection_root() -> Path:
-    """The collection tree this package was installed from (the repository root)."""
-    return Path(__file__).resolve().parents[2]
+__version__ = "1.1.0"
 
 
 def collections_path() -> Path:
-    """A directory usable as ANSIBLE_COLLECTIONS_PATH that contains spot.migration.
+    """The collections path entry (the directory holding ``ansible_collections/``) where Ansible finds the
+    spot.migration collection: ANSIBLE_COLLECTIONS_PATH or the configured collections paths, never a path relative
+    to this package. Raises :class:`spot_migration.collection.CollectionError` when it is missing or another
+    version."""
+    from .collection import find
 
-    In a checkout this is ``.collections/`` with a link to the repository root,
-    created on demand, so playbooks run against the working tree.
-    """
-    root = collection_root()
-    base = root / ".collections"
-    link = base / "ansible_collections" / "spot" / "migration"
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink():
-            link.unlink()
-        link.symlink_to("../../..", target_is_directory=True)
-    return base
+    return find().base
+
+
+def collections_env() -> str:
+    """ANSIBLE_COLLECTIONS_PATH for the playbooks the controller runs: the user's collection paths, the one holding
+    spot.migration first (ansible-runner runs elsewhere, where the user's ansible.cfg is not read)."""
+    from .collection import ansible_collections_path, find
+
+    return ansible_collections_path(find())
 
 
 def module_utils(name: str):

@@ -13,7 +13,19 @@ import click
 from . import __version__
 
 
-@click.group()
+class _Main(click.Group):
+    """Every command: a missing or mismatched collection is a clear error, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from .collection import CollectionError
+
+        try:
+            return super().invoke(ctx)
+        except CollectionError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Main)
 @click.version_option(__version__, prog_name="spot-migration")
 def main() -> None:
     """Keep GPU jobs alive on spot / preemptible instances."""

@@ -21,7 +21,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from . import collections_path
+from . import collections_env
 from .sim import control
 
 CLOUDS = ("aws", "gcp", "azure")
@@ -68,7 +68,7 @@ class ProbeRun:
         private.mkdir(parents=True)
         bindir = str(Path(sys.executable).parent)
         env = {
-            "ANSIBLE_COLLECTIONS_PATH": str(collections_path()),
+            "ANSIBLE_COLLECTIONS_PATH": collections_env(),
             "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_LOCALHOST_WARNING": "false",

@@ -28,7 +28,8 @@ from .sim import control, nvidia_smi
 STATE_FILE = "fleet.json"
 CLOUDS = ("aws", "gcp", "azure")
 SSHD = "/usr/sbin/sshd"
-ROOT = Path(__file__).resolve().parents[2]
+# podman here needs runc and explicit ulimits (crun fails on some kernels' cgroups); shipped in the wheel.
+CONTAINERS_CONF = Path(__file__).resolve().with_name("data") / "containers.conf"
 
 
 class FleetError(RuntimeError):
@@ -111,7 +112,7 @@ class Fleet:
 
     def container_env(self, node: Node | None = None) -> dict[str, str]:
         conf = Path(node.root) / "storage.conf" if node else self.image_store / "storage.conf"
-        return {"CONTAINERS_CONF": str(ROOT / "hacking" / "containers.conf"), "CONTAINERS_STORAGE_CONF": str(conf)}
+        return {"CONTAINERS_CONF": str(CONTAINERS_CONF), "CONTAINERS_STORAGE_CONF": str(conf)}
 
 
 # ---------------------------------------------------------------------- helpers

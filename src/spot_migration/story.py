@@ -21,6 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from . import fleet as fleet_mod
+from .logs import Log
 from .watch import config as config_mod
 from .watch.actions import Actions
 from .watch.app import Watcher, iso, to_epoch
@@ -82,8 +83,12 @@ def _play(actions: Actions, name: str, play: dict, extravars: dict | None = None
         raise DemoError(f"{name} failed (rc {rc}): {out[-2000:]}")
 
 
-def _timeline_png(story: Story, path: Path) -> None:
-    import matplotlib
+def _timeline_png(story: Story, path: Path) -> bool:
+    """The demo's timeline as a PNG; False when matplotlib (the ``demo`` extra) is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -106,6 +111,7 @@ def _timeline_png(story: Story, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def run_story(workdir: Path, clouds: tuple[str, ...] = ("aws", "gcp", "azure"), checkpoint_mb: float = 64.0,
@@ -143,8 +149,7 @@ def run_story(workdir: Path, clouds: tuple[str, ...] = ("aws", "gcp", "azure"), 
                                  state_dir=str(workdir / "watcher"), secret_file=str(secret_file))
         config.replication.enabled = False  # the story is the notice path; replication has its own test and bench
         log_file = open(workdir / "watcher.log", "a")  # noqa: SIM115 - closed in finally
-        watcher = Watcher(config, log=lambda msg: (log_file.write(time.strftime("%H:%M:%S ") + msg + "\n"),
-                                                   log_file.flush()))
+        watcher = Watcher(config, log=Log(fmt=config.log_format, level=config.log_level, stream=log_file))
         watcher.start()
         console.print(f"  watcher on {watcher.server.url} (ledger {config.ledger_path})")
         name = "llm-finetune"
@@ -185,7 +190,7 @@ def run_story(workdir: Path, clouds: tuple[str, ...] = ("aws", "gcp", "azure"), 
                             f"{migration and migration.get('error')}; see {workdir / 'watcher.log'}")
         report = _report(story, migration, fleet, name)
         (workdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        _timeline_png(story, workdir / "timeline.png")
+        plotted = _timeline_png(story, workdir / "timeline.png")
         row = report["migrations"][0]
         summary = Table(title="Summary", title_justify="left", show_header=False)
         summary.add_column()
@@ -201,7 +206,8 @@ def run_story(workdir: Path, clouds: tuple[str, ...] = ("aws", "gcp", "azure"), 
                              ("copies running", "1 (the source copy was stopped before the target copy started)")):
             summary.add_row(label, value)
         console.print(summary)
-        console.print(f"  report: {workdir / 'report.json'}   timeline: {workdir / 'timeline.png'}")
+        console.print(f"  report: {workdir / 'report.json'}   timeline: " + (
+            str(workdir / "timeline.png") if plotted else "not drawn (pip install 'spot-migration[demo]' for the plot)"))
         if keep:
             console.print(f"\n  the fleet is still up: spot-migration status --state-dir {config.state_dir} -i "
                           f"{fleet.inventory_path}\n  take it down with: spot-migration fleet down --dir {fleet.dir}")

@@ -19,6 +19,7 @@ SPEC = {"checkpoint_dir": "/data/ckpt/job", "gpus": [0]}
 
 @pytest.fixture
 def replicator(tmp_path):
+    (tmp_path / "inventory.yml").write_text("all: {}\n")
     config = load(None, inventory=str(tmp_path / "inventory.yml"), state_dir=str(tmp_path / "state"),
                   secret_file=str(tmp_path / "secret"))
     logged: list[str] = []

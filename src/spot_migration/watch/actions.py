@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import ansible_runner
 
-from .. import collections_path
+from .. import collections_env, logs
 
 RUN_MARKER = "SPOT_MIGRATION_RUN"
 
@@ -98,7 +98,7 @@ class Actions:
 
     def _env(self, marker: str | None, control_dir: str) -> dict[str, str]:
         env = {
-            "ANSIBLE_COLLECTIONS_PATH": str(self.collections or collections_path()),
+            "ANSIBLE_COLLECTIONS_PATH": str(self.collections) if self.collections else collections_env(),
             "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_LOCALHOST_WARNING": "false",
@@ -135,7 +135,7 @@ class Actions:
                 try:
                     on_event(event)
                 except Exception as exc:  # noqa: BLE001 - a bad handler must not kill the run; report it
-                    self.log(f"{ident}: event handler failed: {type(exc).__name__}: {exc}")
+                    self.log(logs.error(f"{ident}: event handler failed: {type(exc).__name__}: {exc}"))
             return True
 
         try:

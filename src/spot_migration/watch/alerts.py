@@ -3,6 +3,7 @@ never blocking a migration, and sent once per event (the ledger remembers which 
 
 from __future__ import annotations
 
+from .. import logs
 import queue
 import threading
 import time
@@ -57,7 +58,7 @@ class Alerter:
             if attempt <= self.retries:
                 time.sleep(delay)
                 delay *= 2
-        self.log(f"alert {payload['key']} to {url} failed after {self.retries + 1} tries: {error}")
+        self.log(logs.warning(f"alert {payload['key']} to {url} failed after {self.retries + 1} tries: {error}"))
         return False
 
     def close(self, timeout: float = 5.0) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..logs import Log
 from . import actions as actions_mod
 from .alerts import Alerter
 from .config import WatchConfig
@@ -48,7 +49,7 @@ class Watcher:
         if not config.inventory:
             raise ValueError("the watcher needs an inventory (--inventory or inventory: in the config)")
         self.config = config
-        self.log = log or (lambda msg: print(time.strftime("%H:%M:%S ") + msg, flush=True))
+        self.log = log or Log(fmt=config.log_format, level=config.log_level)
         secret = config.secret()
         # Nothing the watcher starts needs the secret, and ansible-runner records its environment in every run's
         # artifacts: take it out of this process's environment once read.

@@ -6,12 +6,14 @@ read) or the environment variable named by ``secret_env`` (default ``SPOT_MIGRAT
 
 from __future__ import annotations
 
+import json
 import os
 import stat
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
 from .. import module_utils
@@ -92,6 +94,8 @@ class WatchConfig:
     max_skew: float = 300.0
     heartbeat_timeout: float = 15.0  # an agent silent this long is swept (and reported silent)
     lease: float = 15.0
+    log_format: str = "text"        # text: "date time level message"; json: one object per line
+    log_level: str = "info"
     sweep: SweepConfig = field(default_factory=SweepConfig)
     migrate: MigrateConfig = field(default_factory=MigrateConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
@@ -110,10 +114,9 @@ class WatchConfig:
     @property
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
-        try:
-            return host or "127.0.0.1", int(port)
-        except ValueError:
-            raise ConfigError(f"listen must be HOST:PORT, not {self.listen!r}") from None
+        if not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"listen must be HOST:PORT (a port 0 to 65535), not {self.listen!r}")
+        return host or "127.0.0.1", int(port)
 
     def secret(self) -> bytes:
         """The shared HMAC secret, from the file or the environment (never the command line)."""
@@ -140,76 +143,88 @@ class WatchConfig:
             raise ConfigError(str(exc)) from None
 
 
-def _build(cls, data: Any, where: str):
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, not {type(data).__name__}: {data!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown setting(s) in {where}: {', '.join(unknown)}; known: {', '.join(known)}")
-    values = {}
-    for name, value in data.items():
-        sub = {"sweep": SweepConfig, "migrate": MigrateConfig, "alerts": AlertConfig,
-               "controller": ControllerConfig, "replication": ReplicationConfig, "lost": LostConfig}.get(name)
-        values[name] = _build(sub, value, f"{where}.{name}") if sub and cls is WatchConfig else value
-    return cls(**values)
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "data" / "watch-config.schema.json"
+SECTIONS = {"sweep": SweepConfig, "migrate": MigrateConfig, "alerts": AlertConfig, "controller": ControllerConfig,
+            "replication": ReplicationConfig, "lost": LostConfig}
+
+
+def schema() -> dict[str, Any]:
+    """The configuration's JSON Schema (shipped with the package: editors can use it too)."""
+    return json.loads(SCHEMA_FILE.read_text())
+
+
+def _where(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "the configuration"
+
+
+def _problem(error: jsonschema.ValidationError) -> str:
+    key = _where(error.absolute_path)
+    if error.validator == "additionalProperties":
+        known = ", ".join(error.schema.get("properties", {}))
+        unknown = ", ".join(sorted(set(error.instance) - set(error.schema.get("properties", {}))))
+        return f"unknown setting(s) in {key}: {unknown}; known: {known}"
+    if error.validator == "not" and key.endswith("extra_vars"):
+        given = ", ".join(sorted({"source", "migration_fence", "migration_id"} & set(error.instance)))
+        return f"{key} may not set {given}: the watcher sets them"
+    if error.validator == "type" and "object" in error.validator_value:
+        return f"{key} is {error.instance!r}; it must be a mapping, not {type(error.instance).__name__}"
+    allowed = error.schema.get("description") or error.message
+    return f"{key} is {error.instance!r}; it must be {allowed}"
+
+
+def validate(data: Any, where: str = "config") -> None:
+    """Every problem of ``data`` against the schema in one ConfigError, each naming the key, the value and what is
+    allowed."""
+    validator = jsonschema.Draft202012Validator(schema())
+    problems = [_problem(e) for e in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])]
+    if problems:
+        if len(problems) == 1:
+            raise ConfigError(f"{where}: {problems[0]}")
+        raise ConfigError(f"{where}: {len(problems)} problems:\n  " + "\n  ".join(problems))
+
+
+def _build(data: dict[str, Any]) -> WatchConfig:
+    values = {name: (SECTIONS[name](**value) if name in SECTIONS else value) for name, value in data.items()}
+    return WatchConfig(**values)
 
 
 def load(path: Path | None = None, **overrides: Any) -> WatchConfig:
-    """Read the YAML file (if any), then apply command-line overrides (None means "not given")."""
-    data: dict[str, Any] = {}
+    """Read the YAML file (if any), apply command-line overrides (None means "not given"), check the whole against
+    the schema, then what a schema cannot say (a missing inventory, lost.grace against heartbeat_timeout)."""
+    data: Any = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(Path(path).read_text())
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
-        if "secret" in data:
+        data = {} if data is None else data
+        if isinstance(data, dict) and "secret" in data:
             raise ConfigError(f"config {path}: put the secret in secret_file or ${SECRET_ENV}, not in the config")
-    config = _build(WatchConfig, data, str(path or "config"))
+    where = f"config {path}" if path is not None else "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of settings, not {type(data).__name__}: {data!r}")
     for key, value in overrides.items():
         if key == "controller":
-            for name, sub in (value or {}).items():
-                setattr(config.controller, name, sub)
+            if value:
+                data["controller"] = {**(data.get("controller") or {}), **value}
         elif value is not None:
-            setattr(config, key, value)
-    _check(config)
+            data[key] = value
+    validate(data, where)
+    config = _build(data)
+    _check(config, where)
     return config
 
 
-def _check(config: WatchConfig) -> None:
+def _check(config: WatchConfig, where: str) -> None:
     config.host_port  # noqa: B018 - validates listen
-    checks = [
-        (config.sweep.hosts in ("silent", "all", "none"), "sweep.hosts", config.sweep.hosts, "silent, all or none"),
-        (float(config.sweep.interval) > 0, "sweep.interval", config.sweep.interval, "a positive number of seconds"),
-        (int(config.migrate.max_concurrent) >= 1, "migrate.max_concurrent", config.migrate.max_concurrent, "1 or more"),
-        (0 <= float(config.migrate.batch_window) <= 10, "migrate.batch_window", config.migrate.batch_window,
-         "0 to 10 seconds (a fraction of a second is enough for a wave; every second waited is lost from the window)"),
-        (0 <= float(config.migrate.batch_window_max) <= 30, "migrate.batch_window_max", config.migrate.batch_window_max,
-         "0 to 30 seconds (never less than migrate.batch_window: the larger of the two counts)"),
-        (int(config.migrate.batch_max) >= 1, "migrate.batch_max", config.migrate.batch_max, "1 or more"),
-        (config.migrate.transfer in ("rsync", "relay", "shared"), "migrate.transfer", config.migrate.transfer,
-         "rsync, relay or shared"),
-        (float(config.max_skew) > 0, "max_skew", config.max_skew, "a positive number of seconds"),
-        (isinstance(config.alerts.webhooks, list), "alerts.webhooks", config.alerts.webhooks, "a list of URLs"),
-        (not config.controller.url or config.controller.url.startswith(("http://", "https://")), "controller.url",
-         config.controller.url, "an http:// or https:// URL"),
-        (float(config.controller.poll_interval) > 0, "controller.poll_interval", config.controller.poll_interval,
-         "a positive number of seconds"),
-        (bool(str(config.controller.job_template).strip()), "controller.job_template", config.controller.job_template,
-         "a job template name or id"),
-        (float(config.replication.interval) > 0, "replication.interval", config.replication.interval,
-         "a positive number of seconds"),
-        (int(config.replication.keep) >= 1, "replication.keep", config.replication.keep, "1 or more"),
-        (float(config.lost.grace) >= float(config.heartbeat_timeout), "lost.grace", config.lost.grace,
-         f"at least heartbeat_timeout ({config.heartbeat_timeout} s): a node is never lost before its agent is silent"),
-    ]
-    for ok, name, value, expected in checks:
-        if not ok:
-            raise ConfigError(f"{name} is {value!r}; it must be {expected}")
-    forbidden = {"source", "migration_fence", "migration_id"} & set(config.migrate.extra_vars)
-    if forbidden:
-        raise ConfigError(f"migrate.extra_vars may not set {', '.join(sorted(forbidden))}: the watcher sets them")
+    if config.inventory and "," not in config.inventory and not Path(config.inventory).expanduser().exists():
+        raise ConfigError(f"{where}: inventory {config.inventory!r} does not exist (a file or directory, or a "
+                          f"comma-separated host list)")
+    if float(config.lost.grace) < float(config.heartbeat_timeout):
+        raise ConfigError(f"{where}: lost.grace is {config.lost.grace!r}; it must be at least heartbeat_timeout "
+                          f"({config.heartbeat_timeout} s): a node is never lost before its agent is silent")

@@ -16,6 +16,7 @@ API shapes (AWX and Automation Controller, ``/api/v2/``; AAP 2.5+ through the pl
 
 from __future__ import annotations
 
+from .. import logs
 import os
 import stat
 import time
@@ -142,7 +143,7 @@ class Controller:
         try:
             self._request("POST", f"{self.api()}jobs/{job}/cancel/", expect=(202, 200, 405))
         except ControllerError as exc:
-            self.log(f"controller job {job}: cancel failed: {exc}")
+            self.log(logs.warning(f"controller job {job}: cancel failed: {exc}"))
 
     def events(self, job: int, after: int) -> list[dict]:
         out: list[dict] = []
@@ -174,7 +175,7 @@ class Controller:
                     return state
                 drain_until = drain_until or time.monotonic() + 30.0
                 if time.monotonic() > drain_until:
-                    self.log(f"controller job {job}: {state}, but its events were still being processed after 30 s")
+                    self.log(logs.warning(f"controller job {job}: {state}, but its events were still being processed after 30 s"))
                     return state
             if not cancelled and ((cancel is not None and cancel()) or (end is not None and time.monotonic() > end)):
                 self.log(f"controller job {job}: cancelling")

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import module_utils
+from .. import logs, module_utils
 from .alerts import Alerter
 from .config import WatchConfig
 from .ledger import Ledger
@@ -51,7 +51,7 @@ class Intake:
 
     def rejected(self, reason: str, client: str) -> None:
         self.metrics.rejected.labels(reason).inc()
-        self.log(f"push from {client} refused: {reason}")
+        self.log(logs.warning(f"push from {client} refused: {reason}"))
 
     def handle_event(self, event: dict) -> dict:
         node = event["node"]

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import logs
 from . import actions as actions_mod
 from .alerts import Alerter
 from .config import WatchConfig
@@ -52,7 +53,7 @@ class LostNodes:
     def _lost(self, node: str, now: float) -> None:
         workloads = self.ledger.workloads(node=node)
         names = ", ".join(w["name"] for w in workloads) or "no known workloads"
-        self.log(f"{node} is LOST: agent silent and unreachable for more than {self.config.lost.grace:.0f} s ({names})")
+        self.log(logs.warning(f"{node} is LOST: agent silent and unreachable for more than {self.config.lost.grace:.0f} s ({names})"))
         self.alerter.alert(f"lost:{node}:{now:.0f}", f"{node} was lost without a notice; resuming {names} from replicas",
                            node=node, kind="lost", workloads=[w["name"] for w in workloads])
         if not workloads or not self.config.migrate.enabled:
@@ -92,7 +93,7 @@ class LostNodes:
                 self.log(f"{node}: {len(fences)} stale copy(ies) stopped and fenced; the node is usable again")
                 shutil.rmtree(private, ignore_errors=True)
             else:
-                self.log(f"{node}: fencing its stale copies failed (rc {rc}); will try again when it is seen next")
+                self.log(logs.warning(f"{node}: fencing its stale copies failed (rc {rc}); will try again when it is seen next"))
         finally:
             with self.lock:
                 self.returning.discard(node)

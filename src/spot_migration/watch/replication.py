@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import module_utils
+from .. import logs, module_utils
 
 LIST_TASK = "List the workloads to replicate"
 GPU_TASK = "Read the GPUs of a possible replica node"
@@ -168,7 +168,7 @@ class Replicator:
             outcome = "copied" if record.get("replicated") else ("failed" if record.get("error") else "current")
             self.metrics.replications.labels(outcome).inc()
             if record.get("error"):
-                self.log(f"replication of {record['workload']} to {record['replica']} failed: {record['error'][:300]}")
+                self.log(logs.warning(f"replication of {record['workload']} to {record['replica']} failed: {record['error'][:300]}"))
         self.metrics.set_replicas(self.ledger.workloads(), time.time())
         self.last_round = {"workloads": len(seen) if want_scan else len(known), "scanned": bool(want_scan),
                            "failed": any(r.get("error") for r in done),
@@ -197,7 +197,7 @@ class Replicator:
                     got = self.placement.reserve(self.reservations, owner, candidates, gpus=row["gpus"],
                                                  exclude=[row["node"], *lost, *evicting], ttl=self.config.reservation_ttl)
                 except self.placement.PlacementError as exc:
-                    self.log(f"no replica node for {row['name']}: {exc}")
+                    self.log(logs.warning(f"no replica node for {row['name']}: {exc}"))
                     continue
                 replica = got["target"]
                 self.ledger.set_replica(row["name"], replica, got["gpus"])
@@ -269,7 +269,7 @@ class Replicator:
                 self.metrics.replications.labels("copied").inc()
             elif report.get("error") and report["error"] != row["error"]:
                 self.metrics.replications.labels("failed").inc()
-                self.log(f"replication of {row['name']} to {row['replica']} (agent) failed: {report['error'][:300]}")
+                self.log(logs.warning(f"replication of {row['name']} to {row['replica']} (agent) failed: {report['error'][:300]}"))
         if event.get("replicas"):
             self.metrics.set_replicas(self.ledger.workloads(), time.time())
 
@@ -280,6 +280,6 @@ class Replicator:
                     self.round_once()
                 except Exception as exc:  # noqa: BLE001 - one bad round is reported, the next one tries again
                     self.metrics.replications.labels("error").inc()
-                    self.log(f"replication round failed: {type(exc).__name__}: {exc}")
+                    self.log(logs.error(f"replication round failed: {type(exc).__name__}: {exc}"))
         finally:
             shutil.rmtree(self.control_dir, ignore_errors=True)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import module_utils
+from .. import logs, module_utils
 from . import actions as actions_mod
 from .alerts import Alerter
 from .config import WatchConfig
@@ -45,7 +45,7 @@ class MigrationRunner:
     def crash_if(self, state: str) -> None:
         """Fault injection for the reliability tests (``watch --crash-at STATE``): die like a SIGKILL would."""
         if self.crash_at == state:
-            self.log(f"--crash-at {state}: SIGKILL")
+            self.log(logs.warning(f"--crash-at {state}: SIGKILL"))
             os.kill(os.getpid(), signal.SIGKILL)
 
     def can_join(self, m: dict) -> bool:
@@ -62,7 +62,8 @@ class MigrationRunner:
             self.fenced_out.add(migration_id)
             raise
         if moved:
-            self.log(f"migration {migration_id}: {state}")
+            message = f"migration {migration_id}: {state}"
+            self.log(logs.warning(message) if state == "failed" else message)
             self.crash_if(state)
 
     def run(self, claimed: Claimed, wave: bool) -> None:
@@ -74,9 +75,9 @@ class MigrationRunner:
             else:
                 self._run_migration(*claimed[0])
         except Fenced as exc:
-            self.log(f"migration {ids}: given up, another watcher holds it ({exc})")
+            self.log(logs.warning(f"migration {ids}: given up, another watcher holds it ({exc})"))
         except Exception as exc:  # noqa: BLE001 - one migration's bug must not stop the watcher
-            self.log(f"migration {ids}: watcher error {type(exc).__name__}: {exc}")
+            self.log(logs.error(f"migration {ids}: watcher error {type(exc).__name__}: {exc}"))
             for migration_id, fence in claimed:
                 try:
                     if self.ledger.migration(migration_id)["state"] not in ("running", "failed"):
@@ -245,7 +246,7 @@ class MigrationRunner:
         try:
             status = self.controller.status(earlier)
         except ControllerError as exc:
-            self.log(f"migration {migration_id}: cannot ask about controller job {earlier}: {exc}")
+            self.log(logs.warning(f"migration {migration_id}: cannot ask about controller job {earlier}: {exc}"))
             return False
         if status == "successful":
             self._finish(migration_id, fence, "running")

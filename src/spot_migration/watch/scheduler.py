@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .. import logs
 from .ledger import Fenced, Ledger, LedgerError
 
 Claimed = list[tuple[str, int]]  # [(migration id, fence)] of one run
@@ -160,7 +161,7 @@ class Scheduler:
         try:
             self.run(claimed, wave)
         except Exception as exc:  # noqa: BLE001 - the runner reports its own failures; this is the last resort
-            self.log(f"run of {', '.join(m for m, _ in claimed)}: {type(exc).__name__}: {exc}")
+            self.log(logs.error(f"run of {', '.join(m for m, _ in claimed)}: {type(exc).__name__}: {exc}"))
         finally:
             with self.lock:
                 for migration_id, _fence in claimed:

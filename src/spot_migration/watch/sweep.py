@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import logs
 from . import actions as actions_mod
 from .config import WatchConfig
 from .intake import Intake, to_epoch
@@ -65,4 +66,4 @@ class Sweeper:
                 self.sweep_once()
             except Exception as exc:  # noqa: BLE001 - a failed sweep is reported and retried next time
                 self.metrics.sweeps.labels("error").inc()
-                self.log(f"sweep failed: {type(exc).__name__}: {exc}")
+                self.log(logs.error(f"sweep failed: {type(exc).__name__}: {exc}"))
