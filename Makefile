@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # podman here needs runc and explicit ulimits (crun fails on this kernel's cgroups).
 export CONTAINERS_CONF := $(CURDIR)/src/spot_migration/data/containers.conf
 
-.PHONY: setup demo test pytest sanity lint changelog bench clean
+.PHONY: setup demo test pytest sanity lint changelog importer bench clean
 
 setup:
 	@bash hacking/bootstrap.sh
@@ -16,7 +16,7 @@ setup:
 demo: setup
 	$(BIN)/spot-migration demo
 
-test: setup pytest sanity lint changelog
+test: setup pytest sanity lint changelog importer
 
 pytest: setup
 	$(BIN)/python -m pytest -n $${PYTEST_WORKERS:-2} --dist worksteal $(PYTEST_ARGS)
@@ -30,8 +30,11 @@ lint: setup
 changelog: setup
 	$(BIN)/antsibull-changelog lint
 
+importer: setup
+	bash hacking/importer.sh
+
 bench: setup
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf .venv .collections build .demo tests/output
+	rm -rf .venv .venv-importer .collections build .demo tests/output
