@@ -7,6 +7,21 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 15, 30, 60, 120)
 DURATION_BUCKETS = (5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800)
+MiB = 2 ** 20
+THROUGHPUT_BUCKETS = tuple(x * MiB for x in (1, 5, 10, 25, 50, 100, 200, 400, 800, 1600))
+
+# Every label value a counter can take that is known in advance, exported at 0 from the start: a Prometheus rate()
+# or increase() over a series that appears only at its first event misses that event, and alert rules on "failed"
+# cannot tell "never failed" from "not exported".
+KNOWN_LABELS = {
+    "alerts": [("sent",), ("failed",)],
+    "migrations": [("running",), ("failed",)],
+    "sweeps": [("ok",), ("failed",), ("error",)],
+    "replications": [("copied",), ("current",), ("failed",), ("error",)],
+    "rejected": [(r,) for r in ("unsigned", "malformed", "forged", "stale", "replayed")],
+    "deliveries": [("push",), ("sweep",)],
+    "transfer_bytes": [("migration",)],
+}
 
 
 class Metrics:
@@ -37,6 +52,30 @@ class Metrics:
                                          registry=r)
         self.lost = Gauge("spot_lost_nodes", "Nodes declared lost (no notice, unreachable past the grace period)",
                           registry=r)
+        self.transfer_bytes = Counter("spot_transfer_bytes", "Checkpoint bytes moved to a target", ["kind"], registry=r)
+        self.transfer_seconds = Counter("spot_transfer_seconds", "Seconds spent moving checkpoints to targets",
+                                        ["kind"], registry=r)
+        self.transfer_throughput = Histogram("spot_transfer_throughput_bytes_per_second",
+                                             "Throughput of each checkpoint transfer of a migration (bytes / s)",
+                                             buckets=THROUGHPUT_BUCKETS, registry=r)
+        for name, values in KNOWN_LABELS.items():
+            for labels in values:
+                getattr(self, name).labels(*labels)
+        self.transfer_seconds.labels("migration")
+
+    def transferred(self, rows: list[dict], epoch) -> None:
+        """Bytes, seconds and throughput of each transfer in a migration's record rows (``epoch`` turns the rows'
+        ISO 8601 times into seconds)."""
+        for row in rows or []:
+            started, done = row.get("transfer_started_at"), row.get("transferred_at")
+            size = row.get("bytes")
+            if not (started and done and isinstance(size, (int, float)) and size > 0):
+                continue
+            seconds = max(0.0, epoch(done) - epoch(started))
+            self.transfer_bytes.labels("migration").inc(size)
+            self.transfer_seconds.labels("migration").inc(seconds)
+            if seconds > 0:
+                self.transfer_throughput.observe(size / seconds)
 
     def set_replicas(self, workloads: list[dict], now: float) -> None:
         for gauge in (self.replica_step, self.replica_lag_steps, self.replica_lag_seconds):

@@ -18,6 +18,7 @@ from . import actions as actions_mod
 from .alerts import Alerter
 from .config import WatchConfig
 from .controller import Controller, ControllerError
+from .intake import to_epoch
 from .ledger import ORDER, Fenced, Ledger, LedgerError
 from .metrics import Metrics
 from .replication import OWNER as REPLICA_OWNER
@@ -352,6 +353,7 @@ class MigrationRunner:
                     self.log(f"migration {migration_id}: {row['workload']} now runs on {row['target']}")
         m = self.ledger.migration(migration_id)
         self.metrics.migrations.labels(outcome).inc()
+        self.metrics.transferred((record or {}).get("migrations") or [], to_epoch)
         if outcome == "running" and m["notice_at"]:
             self.metrics.duration.observe(max(0.0, m["finished_at"] - m["notice_at"]))
         moved = ", ".join(f"{w} -> {m['targets'].get(w, '?')}" for w in m["workloads"]) or "nothing to move"
