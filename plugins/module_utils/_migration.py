@@ -514,10 +514,24 @@ def manifest_step(checkpoint):
     return manifest.get('step') if manifest else None
 
 
-def target_describe(host, lifecycle, gpu_backend, notice_check=None):
-    """One candidate target as placement ranks it, in one call: its GPUs (``gpu_backend()`` makes the backend) and,
-    for a spot node (``notice_check()`` reads its metadata service, never raising), whether it has a notice of its
-    own. A node whose GPUs or metadata cannot be read is described as blind, with the error, never as free."""
+def list_images(run, clis):
+    """The container images this node holds (``repository:tag``), from the first of ``clis`` (podman, docker) that
+    answers; None when none is installed or none answers (placement then does not judge by images)."""
+    for cli in clis:
+        if not cli:
+            continue
+        rc, out, _err = run([cli, 'images', '--format', '{{.Repository}}:{{.Tag}}'])
+        if rc == 0:
+            return sorted(set(line.strip() for line in out.splitlines() if line.strip() and '<none>' not in line))
+    return None
+
+
+def target_describe(host, lifecycle, gpu_backend, notice_check=None, images=None):
+    """One candidate target as placement ranks it, in one call: its GPUs (``gpu_backend()`` makes the backend),
+    for a spot node (``notice_check()`` reads its metadata service, never raising) whether it has a notice of its
+    own, and the container images it holds (``images()``, see list_images), so a container workload is only placed
+    where it can start. A node whose GPUs or metadata cannot be read is described as blind, with the error, never as
+    free."""
     error, gpus = None, {}
     try:
         gpus = gpu_facts(gpu_backend())
@@ -527,4 +541,5 @@ def target_describe(host, lifecycle, gpu_backend, notice_check=None):
     error = error or notice.get('error')
     return {'changed': False, 'notice': notice or None, 'candidate': {
         'host': host, 'free_gpus': gpus.get('free_gpus') or [], 'gpus': gpus.get('gpus') or [], 'lifecycle': lifecycle,
-        'evicting': bool(notice.get('evicting')), 'blind': bool(error), 'error': error}}
+        'evicting': bool(notice.get('evicting')), 'blind': bool(error), 'error': error,
+        'images': images() if images is not None else None}}

@@ -200,25 +200,62 @@ def release(path, owner, check_mode=False):
         return {'changed': True}
 
 
+def image_key(ref):
+    """One container image reference as podman and docker resolve it locally: C(x), C(x:latest),
+    C(localhost/x:latest) and C(docker.io/library/x:latest) are one image (C(x:latest)); a digest is itself."""
+    ref = (ref or '').strip()
+    if not ref or '@' in ref:
+        return ref
+    name, tag = ref, 'latest'
+    if ':' in ref.rsplit('/', 1)[-1]:
+        name, tag = ref.rsplit(':', 1)
+    for prefix in ('localhost/', 'docker.io/library/', 'index.docker.io/library/', 'docker.io/'):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    return '%s:%s' % (name, tag)
+
+
+def has_image(candidate, image):
+    """Whether ``candidate`` (migration_target describe's C(images): the images it holds, None when it could not
+    tell) can start a workload of ``image`` without pulling it: unknown counts as yes, the target's start says."""
+    held = candidate.get('images')
+    if not image or held is None:
+        return True
+    wanted = image_key(image)
+    return any(image_key(h) == wanted for h in held)
+
+
 def reserve_many(path, requests, candidates, min_free_memory_mb=0, ttl=900, check_mode=False, clock=time.time):
     """One joint reservation for a wave of workloads: each request (``owner``, ``gpus``, ``exclude``, ``target``,
-    ``adopt``) reserved in turn, each under the lock and seeing the ones before it, so no GPU is promised twice. A
-    request that cannot be met is returned with its ``error`` and does not stop the others."""
+    ``adopt``, ``image``) reserved in turn, each under the lock and seeing the ones before it, so no GPU is promised
+    twice. A container workload (``image``) goes only where its image already is, so its source copy is never
+    stopped for a target that cannot start it. A request that cannot be met is returned with its ``error`` and does
+    not stop the others."""
     results = []
     for request in requests:
         owner = request.get('owner')
         if not owner:
             raise PlacementError('reservation request %r has no owner' % (request,))
+        image = request.get('image')
+        usable = [c for c in candidates if has_image(c, image)]
+        no_image = [{'host': c.get('host'), 'reason': 'the container image %s is not on it' % image}
+                    for c in candidates if not has_image(c, image)]
         try:
             if request.get('release_first'):
                 release(path, owner, check_mode)
-            done = reserve(path, owner, candidates, int(request.get('gpus') or 0), min_free_memory_mb,
+            if no_image and not usable:
+                raise PlacementError('no candidate holds the container image %s (%s): pull it onto a target first; '
+                                     'the workload keeps running where it is'
+                                     % (image, ', '.join(r['host'] for r in no_image)))
+            done = reserve(path, owner, usable, int(request.get('gpus') or 0), min_free_memory_mb,
                            tuple(request.get('exclude') or ()), ttl, request.get('target') or None, check_mode, clock,
                            adopt=request.get('adopt') or None)
             done['error'] = None
         except PlacementError as exc:
             done = {'changed': False, 'target': None, 'gpus': [], 'ranked': exc.details.get('ranked', []),
-                    'rejected': exc.details.get('rejected', []), 'error': str(exc)}
+                    'rejected': list(exc.details.get('rejected', [])), 'error': str(exc)}
+        done['rejected'] = list(done.get('rejected') or []) + no_image
         done['owner'] = owner
         done['name'] = request.get('name')
         done['source'] = request.get('source')

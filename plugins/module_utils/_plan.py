@@ -238,7 +238,8 @@ def requests(the_plan, checkpoints, unplaced=None):
             out.append({'owner': '%s/%s' % (entry['id'], w['name']), 'name': w['name'], 'source': source,
                         'gpus': len((w.get('spec') or {}).get('gpus') or []), 'exclude': [source],
                         'target': entry['pinned_targets'].get(w['name']) or the_plan.get('target'),
-                        'adopt': 'replica/%s' % w['name']})
+                        'adopt': 'replica/%s' % w['name'],
+                        'image': (w.get('spec') or {}).get('image') if w.get('runtime') != 'process' else None})
     return out
 
 

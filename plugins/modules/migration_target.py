@@ -71,6 +71,13 @@ options:
   container_cli:
     description: Path of the container CLI, when not on PATH.
     type: path
+  list_images:
+    description:
+      - V(describe) - also list the container images this node holds (podman or docker, or O(container_cli)), so
+        the placement sends a container workload only to a node that has its image, before its source copy is
+        stopped. Nothing is listed where neither is installed.
+    type: bool
+    default: true
   lifecycle:
     description: V(describe) - this node's lifecycle as the placement ranks it (C(on-demand) nodes first).
     type: str
@@ -125,9 +132,21 @@ migration:
     target: {description: This node., type: str}
     workloads: {description: "Per workload name, what happened to it.", type: dict}
 candidate:
-  description: "This node as the placement ranks it: C({host, free_gpus, gpus, lifecycle, evicting, blind, error})."
+  description: This node as the placement ranks it.
   returned: step=describe
   type: dict
+  contains:
+    host: {description: This node., type: str}
+    free_gpus: {description: Indices of the GPUs no process uses., type: list, elements: int}
+    gpus: {description: "Every GPU, as M(spot.migration.gpu_info) describes it.", type: list, elements: dict}
+    lifecycle: {description: "C(on-demand), C(standby) or C(spot).", type: str}
+    evicting: {description: Whether this node has an evicting notice of its own., type: bool}
+    blind: {description: Whether its GPUs or its metadata service could not be read (then never a target)., type: bool}
+    error: {description: Why it is blind (null when it is not)., type: str}
+    images:
+      description: The container images it holds (C(repository:tag)); null when it has no container CLI.
+      type: list
+      elements: str
 notice:
   description: This node's own notice, as M(spot.migration.eviction_info) returns it (null when not asked).
   returned: step=describe
@@ -153,7 +172,7 @@ from ansible_collections.spot.migration.plugins.module_utils._common import comm
 from ansible_collections.spot.migration.plugins.module_utils._gpu import create_backend
 from ansible_collections.spot.migration.plugins.module_utils._http import ansible_fetch
 from ansible_collections.spot.migration.plugins.module_utils._metadata import check_notice
-from ansible_collections.spot.migration.plugins.module_utils._migration import MigrationError, target_describe
+from ansible_collections.spot.migration.plugins.module_utils._migration import MigrationError, list_images, target_describe
 from ansible_collections.spot.migration.plugins.module_utils._migration import target_place, target_progress
 
 
@@ -169,6 +188,7 @@ def main():
             resume_timeout=dict(type='float', default=120.0),
             workload_root=dict(type='path'),
             container_cli=dict(type='path'),
+            list_images=dict(type='bool', default=True),
             lifecycle=dict(type='str', default='spot'),
             check_notice=dict(type='bool', default=False),
             provider=dict(type='str', default='auto', choices=['auto', 'aws', 'gcp', 'azure']),
@@ -184,7 +204,10 @@ def main():
             result = target_describe(
                 p['target'], p['lifecycle'],
                 lambda: create_backend('auto', command_runner(module), which=module.get_bin_path),
-                (lambda: check_notice(ansible_fetch, notice_params)) if p['check_notice'] else None)
+                (lambda: check_notice(ansible_fetch, notice_params)) if p['check_notice'] else None,
+                (lambda: list_images(command_runner(module), [p['container_cli']] if p['container_cli'] else
+                                     [module.get_bin_path('podman'), module.get_bin_path('docker')]))
+                if p['list_images'] else None)
         elif p['step'] == 'place':
             result = target_place(command_runner(module), module.get_bin_path, p['migration_id'], p['target'],
                                   p['placements'], p['checkpoint_root'], module.check_mode, p['workload_root'],

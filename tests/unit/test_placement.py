@@ -112,3 +112,44 @@ def test_renew_extends_a_reservation_and_says_when_it_is_gone(tmp_path):
     assert renew(path, "replica/x", ttl=10, clock=lambda: now[0])["expires"] == 1019.0
     now[0] = 1030.0
     assert renew(path, "replica/x", ttl=10, clock=lambda: now[0]) is None
+
+
+# ----------------------------------------------------------------------------------- container images
+
+@pytest.mark.parametrize("a, b, same", [
+    ("trainer", "localhost/trainer:latest", True),
+    ("docker.io/library/trainer:1", "trainer:1", True),
+    ("trainer:1", "trainer:2", False),
+    ("registry.example.com/ml/trainer:1", "ml/trainer:1", False),
+    ("registry.example.com:5000/trainer", "registry.example.com:5000/trainer:latest", True),
+    ("trainer@sha256:abc", "trainer@sha256:abc", True),
+])
+def test_image_names_as_podman_and_docker_resolve_them(a, b, same):
+    from ansible_collections.spot.migration.plugins.module_utils._placement import image_key
+
+    assert (image_key(a) == image_key(b)) is same
+
+
+def test_a_container_workload_goes_only_where_its_image_is(tmp_path):
+    from ansible_collections.spot.migration.plugins.module_utils._placement import reserve_many
+
+    path = str(tmp_path / "r.json")
+    cands = [cand("big", [0, 1, 2, 3], lifecycle="on-demand", images=["localhost/other:latest"]),
+             cand("has", [0], images=["localhost/trainer:v1"]),
+             cand("unknown", [0], images=None)]  # no container CLI there: not judged by images
+    got = reserve_many(path, [{"owner": "m/a", "gpus": 1, "image": "trainer:v1"},
+                              {"owner": "m/b", "gpus": 1, "image": "trainer:v1"},
+                              {"owner": "m/c", "gpus": 1}], cands)
+    assert [(r["owner"], r["target"]) for r in got] == [("m/a", "has"), ("m/b", "unknown"), ("m/c", "big")]
+    assert {"host": "big", "reason": "the container image trainer:v1 is not on it"} in got[0]["rejected"]
+
+
+def test_no_candidate_with_the_image_is_a_clear_error_and_nothing_reserved(tmp_path):
+    from ansible_collections.spot.migration.plugins.module_utils._placement import reserve_many
+
+    path = tmp_path / "r.json"
+    (got,) = reserve_many(str(path), [{"owner": "m/a", "gpus": 1, "image": "ghcr.io/x/trainer:7"}],
+                          [cand("n1", [0], images=[]), cand("n2", [0], images=["trainer:7"])])
+    assert got["target"] is None and "no candidate holds the container image ghcr.io/x/trainer:7 (n1, n2)" in got["error"]
+    assert [r["host"] for r in got["rejected"]] == ["n1", "n2"]
+    assert not path.exists() or "m/a" not in path.read_text()

@@ -148,6 +148,39 @@ def test_describe_is_blind_when_the_gpus_cannot_be_read():
         raise OSError("nvidia-smi: not found")
     out = mig.target_describe("standby1", "on-demand", broken, lambda: {"evicting": False, "error": None})
     assert out["candidate"] == {"host": "standby1", "free_gpus": [], "gpus": [], "lifecycle": "on-demand",
-                                "evicting": False, "blind": True, "error": "GPUs unreadable: nvidia-smi: not found"}
+                                "evicting": False, "blind": True, "error": "GPUs unreadable: nvidia-smi: not found",
+                                "images": None}
     out = mig.target_describe("node2", "spot", broken, None)
     assert out["notice"] is None and out["candidate"]["blind"]
+
+
+def test_describe_lists_the_images_a_target_holds():
+    from ansible_collections.spot.migration.plugins.module_utils._migration import list_images, target_describe
+
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        if argv[0] == "/no/podman":
+            return 127, "", "not found"
+        return 0, "localhost/trainer:v1\n<none>:<none>\ndocker.io/library/busybox:latest\nlocalhost/trainer:v1\n", ""
+
+    assert list_images(run, [None, "/no/podman", "/usr/bin/docker"]) == ["docker.io/library/busybox:latest",
+                                                                        "localhost/trainer:v1"]
+    assert calls[-1] == ["/usr/bin/docker", "images", "--format", "{{.Repository}}:{{.Tag}}"]
+    assert list_images(run, [None]) is None  # no container CLI: not judged by images
+
+    described = target_describe("n1", "spot", lambda: (_ for _ in ()).throw(RuntimeError("no GPUs")),
+                                 images=lambda: ["localhost/trainer:v1"])
+    assert described["candidate"]["images"] == ["localhost/trainer:v1"] and described["candidate"]["blind"]
+
+
+def test_requests_carry_the_container_image():
+    from ansible_collections.spot.migration.plugins.module_utils import _plan
+
+    the_plan = {"sources": ["n1"], "target": None,
+                "by_source": {"n1": {"id": "m1", "pinned_targets": {}}}}
+    checkpoints = {"n1": {"moving": [{"name": "a", "runtime": "podman", "spec": {"image": "trainer:v1", "gpus": [0]}},
+                                     {"name": "b", "runtime": "process", "spec": {"gpus": [1]}}]}}
+    got = _plan.requests(the_plan, checkpoints)
+    assert [(r["name"], r["image"]) for r in got] == [("a", "trainer:v1"), ("b", None)]
