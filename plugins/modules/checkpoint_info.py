@@ -29,7 +29,16 @@ description:
 author:
   - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
-  - spot.migration.attributes.info_module
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: This module never changes anything.
+  diff_mode:
+    support: N/A
+    details: This module never changes anything.
+  platform:
+    platforms: posix
 options:
   path:
     description:
@@ -111,6 +120,11 @@ rejected:
   type: list
   elements: dict
   sample: [{path: /data/checkpoints/llama-ft/checkpoint-1300, format: hf, reason: "no trainer_state.json"}]
+  contains:
+    path: {description: The candidate., type: str}
+    format: {description: Its format., type: str}
+    mtime: {description: Its modification time (epoch seconds)., type: float}
+    reason: {description: "Why it is not complete (torn, a file missing, a manifest mismatch, ...).", type: str}
 elapsed:
   description: Seconds spent looking (and waiting).
   returned: always

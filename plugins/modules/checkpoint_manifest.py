@@ -22,7 +22,14 @@ description:
 author:
   - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
-  - spot.migration.attributes
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 options:
   path:
     description: The checkpoint (a directory or a file).
@@ -86,6 +93,9 @@ mismatched:
   returned: state=verified
   type: list
   elements: dict
+  contains:
+    file: {description: "The file, relative to the checkpoint.", type: str}
+    reason: {description: "What differs (its size or its sha256).", type: str}
 '''
 
 from ansible.module_utils.basic import AnsibleModule

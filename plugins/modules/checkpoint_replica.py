@@ -29,10 +29,14 @@ description:
 author:
   - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
-  - spot.migration.attributes
+  - ansible.builtin.action_common_attributes
 attributes:
+  check_mode:
+    support: full
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 options:
   root:
     description:
@@ -119,6 +123,9 @@ replica:
   description: With V(publish), the replica (C(step), C(name), C(checkpoint), C(bytes), C(published_at)).
   returned: action=publish
   type: dict
+  contains:
+    step: {description: The checkpoint's training step., type: int}
+    name: {description: "The replica's directory name (C(step-<step>)).", type: str}
 removed:
   description: Replica and stale incoming directories removed by pruning.
   returned: action=publish
@@ -129,10 +136,24 @@ replicas:
   returned: action=info
   type: list
   elements: dict
+  contains:
+    step: {description: The checkpoint's training step., type: int}
+    name: {description: "The replica's directory name (C(step-<step>)).", type: str}
+    checkpoint: {description: Path of the replicated checkpoint on this node., type: str}
+    bytes: {description: Its size., type: int}
+    published_at: {description: "When it was published, ISO 8601 UTC.", type: str}
+    published_epoch: {description: The same in epoch seconds., type: float}
 latest:
   description: With V(info), the newest published replica, or null.
   returned: action=info
   type: dict
+  contains:
+    step: {description: The checkpoint's training step., type: int}
+    name: {description: "The replica's directory name (C(step-<step>)).", type: str}
+    checkpoint: {description: Path of the replicated checkpoint on this node., type: str}
+    bytes: {description: Its size., type: int}
+    published_at: {description: "When it was published, ISO 8601 UTC.", type: str}
+    published_epoch: {description: The same in epoch seconds., type: float}
 incoming:
   description:
     - With V(info), the incoming directories (copies in progress or interrupted), a list.

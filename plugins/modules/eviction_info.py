@@ -30,8 +30,17 @@ description:
 author:
   - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - spot.migration.metadata
-  - spot.migration.attributes.info_module
+attributes:
+  check_mode:
+    support: full
+    details: This module never changes anything.
+  diff_mode:
+    support: N/A
+    details: This module never changes anything.
+  platform:
+    platforms: posix
 options:
   wait:
     description:
@@ -135,6 +144,23 @@ raw:
   description: The payloads as parsed (never tokens or headers).
   returned: always
   type: dict
+  contains:
+    instance_action: {description: "AWS: the C(spot/instance-action) document.", type: dict, returned: on AWS with a notice}
+    termination_time: {description: "AWS: the legacy C(spot/termination-time) text.", type: str, returned: on AWS with one}
+    rebalance: {description: "AWS: the C(events/recommendations/rebalance) document.", type: dict, returned: on AWS with one}
+    maintenance:
+      description: "AWS: the C(events/maintenance/scheduled) documents."
+      type: list
+      elements: dict
+      returned: on AWS with one
+    preempted: {description: "GCP: the C(instance/preempted) value (C(TRUE) or C(FALSE)).", type: str, returned: on GCP}
+    maintenance_event: {description: "GCP: the C(instance/maintenance-event) value.", type: str, returned: on GCP}
+    DocumentIncarnation: {description: "Azure: the Scheduled Events document's incarnation.", type: int, returned: on Azure}
+    Events:
+      description: "Azure: the Scheduled Events (C(EventId), C(EventType), C(Resources), C(NotBefore), ...)."
+      type: list
+      elements: dict
+      returned: on Azure
 checked_at:
   description: When the answer was read, ISO 8601 UTC.
   returned: always
@@ -144,6 +170,16 @@ notices:
   returned: always
   type: list
   elements: dict
+  contains:
+    evicting: {description: Whether this notice takes the node away (one of O(evicting_kinds))., type: bool}
+    provider: {description: "C(aws), C(gcp) or C(azure).", type: str}
+    kind: {description: "C(spot_interruption), C(rebalance), C(maintenance), C(preempt) or C(terminate).", type: str}
+    action: {description: What the cloud will do., type: str}
+    deadline: {description: "When the node goes away, ISO 8601 UTC, or null.", type: str}
+    seconds_left: {description: "Seconds left until the deadline, or null.", type: float}
+    notice_id: {description: Stable identifier of the notice., type: str}
+    instance_id: {description: The instance id., type: str}
+    checked_at: {description: "When it was read, ISO 8601 UTC.", type: str}
 waited:
   description: Seconds spent waiting (only with O(wait)).
   returned: when O(wait) > 0 and the probe succeeded

@@ -22,7 +22,16 @@ description:
 author:
   - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
-  - spot.migration.attributes.info_module
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: This module never changes anything.
+  diff_mode:
+    support: N/A
+    details: This module never changes anything.
+  platform:
+    platforms: posix
 options:
   backend:
     description:

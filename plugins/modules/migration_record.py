@@ -20,10 +20,14 @@ description:
 author:
   - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
-  - spot.migration.attributes
+  - ansible.builtin.action_common_attributes
 attributes:
+  check_mode:
+    support: full
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 options:
   records:
     description: The records, as the C(spot.migration.migration_records) filter builds them.

@@ -29,10 +29,14 @@ description:
 author:
   - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
-  - spot.migration.attributes
+  - ansible.builtin.action_common_attributes
 attributes:
+  check_mode:
+    support: full
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 options:
   step:
     description: Which step to run.
@@ -169,6 +173,10 @@ moving:
   returned: step=checkpoint
   type: list
   elements: dict
+  contains:
+    name: {description: The workload., type: str}
+    runtime: {description: "C(process), C(podman) or C(docker).", type: str}
+    spec: {description: "Its stored spec (as M(spot.migration.workload) returns it).", type: dict}
 deadline:
   description: The deadline used, in seconds.
   returned: step=checkpoint
@@ -180,6 +188,20 @@ sealed:
   returned: step=release or step=transfer
   type: list
   elements: dict
+  contains:
+    name: {description: The workload., type: str}
+    checkpoint: {description: The sealed checkpoint on the source., type: str}
+    step: {description: Its training step., type: int}
+    bytes: {description: Its size., type: int}
+    format: {description: Its format., type: str}
+    is_dir: {description: Whether it is a directory., type: bool}
+    stopped_by: {description: "C(SIGTERM), C(SIGKILL) or null (it was not running).", type: str}
+    verified_at: {description: "When it was sealed, ISO 8601 UTC.", type: str}
+    target: {description: Where it goes., type: str}
+    staged: {description: Its copy in the target's staging directory (null when the transfer failed)., type: str}
+    transferred_at: {description: "When the transfer finished, ISO 8601 UTC.", type: str}
+    transfer_error: {description: Why the transfer failed (null when it did not)., type: str}
+    error: {description: Why nothing could be sealed (the workload was started again here)., type: str}
 failed_transfers:
   description: Workloads whose checkpoint could not be moved to their target.
   returned: step=release or step=transfer

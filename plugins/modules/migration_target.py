@@ -28,10 +28,14 @@ description:
 author:
   - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
-  - spot.migration.attributes
+  - ansible.builtin.action_common_attributes
 attributes:
+  check_mode:
+    support: full
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 options:
   step:
     description: Which step to run.

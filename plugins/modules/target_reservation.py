@@ -20,10 +20,14 @@ description:
 author:
   - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
-  - spot.migration.attributes
+  - ansible.builtin.action_common_attributes
 attributes:
+  check_mode:
+    support: full
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 options:
   path:
     description: Reservation file on the controller.
@@ -105,11 +109,20 @@ ranked:
   returned: state=present
   type: list
   elements: dict
+  contains:
+    host: {description: The host., type: str}
+    gpus: {description: The GPU indices it would give., type: list, elements: int}
+    lifecycle: {description: "C(on-demand), C(standby) or C(spot).", type: str}
+    free_memory_mb: {description: Free memory of its usable GPUs together., type: int}
+    free_gpus: {description: How many usable free GPUs it has., type: int}
 rejected:
   description: Every other host with the reason.
   returned: always
   type: list
   elements: dict
+  contains:
+    host: {description: The host., type: str}
+    reason: {description: "Why it cannot take the workload (its GPUs, a notice of its own, blind, the container image).", type: str}
 adopted:
   description: The owner whose reservation was taken over (see O(adopt)); absent when none was.
   returned: when a reservation was adopted

@@ -33,10 +33,14 @@ description:
 author:
   - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
-  - spot.migration.attributes
+  - ansible.builtin.action_common_attributes
 attributes:
+  check_mode:
+    support: full
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 options:
   name:
     description: Workload name (container name, directory name under O(workload_root)).
@@ -182,11 +186,34 @@ spec:
   description: The stored spec (V(started)).
   returned: state=started
   type: dict
+  contains:
+    name: {description: The workload's name., type: str}
+    runtime: {description: "C(process), C(podman) or C(docker).", type: str}
+    image: {description: The container image (containers)., type: str}
+    command: {description: The command (argv)., type: list, elements: str}
+    args: {description: Arguments after the command or the image's entry point., type: list, elements: str}
+    env: {description: Environment variables., type: dict}
+    volumes: {description: Container volumes., type: list, elements: str}
+    checkpoint_dir: {description: Where it writes its checkpoints., type: str}
+    checkpoint_signal: {description: The signal that asks it for a checkpoint., type: str}
+    checkpoint_command: {description: The command that asks it for a checkpoint instead of a signal., type: list, elements: str}
+    resume_from: {description: The checkpoint it was started from., type: str}
+    resume_arg: {description: The option that passes that checkpoint., type: str}
+    workdir: {description: Its working directory., type: str}
+    gpus: {description: The GPU indices it was given., type: list, elements: int}
 checkpoint:
   description: With V(checkpointed), the checkpoint written after the signal (as M(spot.migration.checkpoint_info)
     returns it) plus C(signalled_at) and C(signal).
   returned: state=checkpointed and not check mode
   type: dict
+  contains:
+    checkpoint: {description: Path of the checkpoint written after the signal., type: str}
+    format: {description: Its format., type: str}
+    step: {description: Its training step., type: int}
+    mtime: {description: Modification time of its newest file (epoch seconds)., type: float}
+    size_bytes: {description: Total size of its files., type: int}
+    signalled_at: {description: "When the checkpoint was asked for, ISO 8601 UTC.", type: str}
+    signal: {description: The signal sent (or C(command))., type: str}
 stopped_by:
   description: C(SIGTERM) or C(SIGKILL), whichever ended the workload; null when it was not running.
   returned: state=stopped or state=absent

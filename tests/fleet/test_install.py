@@ -73,7 +73,7 @@ def installed(tmp_path_factory):
 
 
 def test_python_m_and_the_version(installed):
-    env, bindir, _, base = installed
+    env, bindir, _collections, base = installed
     out = run([bindir / "python", "-m", "spot_migration", "--version"], env, cwd=base).stdout
     assert out.strip() == f"spot-migration, version {VERSION}"
     # The demo's plot is an extra: the plain wheel does not pull matplotlib.
@@ -145,6 +145,7 @@ def test_a_real_migration_from_the_installed_copies(installed, tmp_path):
             raise AssertionError((tmp_path / "watch.log").read_text()[-6000:]) from None
         assert migration["state"] == "running", (migration, (tmp_path / "watch.log").read_text()[-6000:])
         # The watcher ran the installed collection, not a checkout: every run's playbook came from there.
+
         def log_lines():
             return [json.loads(line) for line in (tmp_path / "watch.log").read_text().splitlines() if line.startswith("{")]
 

@@ -55,7 +55,7 @@ def test_every_dashboard_query_is_valid_promql(tmp_path):
     ids = [p["id"] for p in data["panels"]]
     assert len(ids) == len(set(ids))
     rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{i}", "expr": expr} for i, (_, expr) in enumerate(dashboard_queries())]}]}
+        {"record": f"dashboard:query_{i}", "expr": expr} for i, (_title, expr) in enumerate(dashboard_queries())]}]}
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump(rules))
     check = subprocess.run([tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True, check=False)
@@ -109,7 +109,7 @@ def test_a_real_prometheus_scrapes_the_watcher_and_answers_the_dashboard(watcher
         # Counters are there at 0 before any event: a rate() or an alert on them works from the first scrape.
         failed = query('spot_alerts_total{job="spot-migration",outcome="failed"}')["result"]
         assert [r["value"][1] for r in failed] == ["0"], failed
-        for title, expr in dashboard_queries():
+        for _title, expr in dashboard_queries():
             query(expr)  # valid against the real data (an error would fail here), empty or not
         assert query('spot_migrations_in_flight{job="spot-migration"}')["result"]
 
@@ -119,8 +119,8 @@ def test_a_real_prometheus_scrapes_the_watcher_and_answers_the_dashboard(watcher
             return rules if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules) else None
 
         rules = wait_for(rules_evaluated, 30, "Prometheus to evaluate the rules", interval=0.5)
-        assert len(rules) == 15 and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError"))
-                                                                                for r in rules]
+        problems = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
+        assert len(rules) == 15 and not problems, problems
         firing = [r["name"] for r in rules if r.get("state") == "firing"]
         assert not firing, firing  # an idle, healthy watcher fires nothing
     finally:

@@ -39,7 +39,11 @@ def test_watcher_json_lines_and_level_filter():
 
 def test_a_level_is_still_a_plain_string_for_plain_callables():
     seen = []
-    (lambda msg: seen.append(msg))(logs.warning("x"))
+
+    def plain(msg):
+        seen.append(msg)
+
+    plain(logs.warning("x"))
     assert seen == ["x"] and isinstance(seen[0], str)
 
 

@@ -165,13 +165,15 @@ def test_describe_lists_the_images_a_target_holds():
             return 127, "", "not found"
         return 0, "localhost/trainer:v1\n<none>:<none>\ndocker.io/library/busybox:latest\nlocalhost/trainer:v1\n", ""
 
-    assert list_images(run, [None, "/no/podman", "/usr/bin/docker"]) == ["docker.io/library/busybox:latest",
-                                                                        "localhost/trainer:v1"]
+    found = list_images(run, [None, "/no/podman", "/usr/bin/docker"])
+    assert found == ["docker.io/library/busybox:latest", "localhost/trainer:v1"]
     assert calls[-1] == ["/usr/bin/docker", "images", "--format", "{{.Repository}}:{{.Tag}}"]
     assert list_images(run, [None]) is None  # no container CLI: not judged by images
 
-    described = target_describe("n1", "spot", lambda: (_ for _ in ()).throw(RuntimeError("no GPUs")),
-                                 images=lambda: ["localhost/trainer:v1"])
+    def no_gpus():
+        raise RuntimeError("no GPUs")
+
+    described = target_describe("n1", "spot", no_gpus, images=lambda: ["localhost/trainer:v1"])
     assert described["candidate"]["images"] == ["localhost/trainer:v1"] and described["candidate"]["blind"]
 
 

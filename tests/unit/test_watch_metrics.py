@@ -9,7 +9,7 @@ from spot_migration.watch.metrics import Metrics
 
 
 def samples(metrics: Metrics) -> dict[tuple, float]:
-    body, _ = metrics.render()
+    body = metrics.render()[0]
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(body.decode()) for s in family.samples}
 
