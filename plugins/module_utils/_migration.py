@@ -25,6 +25,7 @@ import shutil
 import threading
 import time
 
+from ._common import write_json_atomic
 from ._gpu import gpu_facts
 from ._checkpoint import CheckpointError, find_checkpoint, read_manifest, seal, verify, wait_for_checkpoint
 from ._transfer import Endpoint, TransferError, create_transfer
@@ -270,14 +271,52 @@ def push_one(transfer, row, assignment, migration_id, run):
     return row
 
 
+class ProgressFile:
+    """Writes a running transfer's progress to ``path`` (JSON, atomically, at most every ``every`` seconds) for the
+    controller to show while the step runs (the migration_source action plugin reads it); removed when done."""
+
+    def __init__(self, path, every=0.5, clock=time.time):
+        self.path, self.every, self.clock = path, every, clock
+        self.workload, self.last = None, 0.0
+
+    def __call__(self, checkpoint, done, total, percent, rate):
+        now = self.clock()
+        if now - self.last < self.every and percent < 100:
+            return
+        self.last = now
+        try:
+            write_json_atomic(self.path, {'workload': self.workload, 'checkpoint': checkpoint, 'bytes': done,
+                                          'total': total, 'percent': percent, 'rate': rate, 'at': now})
+        except (IOError, OSError):
+            pass  # progress is a courtesy: never a reason for a transfer to fail
+
+    def close(self):
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
 def source_release(by_runtime, run, migration_id, source, moving, assignments, transfer_kind, check_mode,
-                   stop_timeout=30.0, emergency=None, stop='auto', ciphers=None):
+                   stop_timeout=30.0, emergency=None, stop='auto', ciphers=None, progress_file=None):
     """Stop, take the newest complete checkpoint, seal it and (rsync, shared) push it to the assigned target, for
     every workload in ``assignments``. A workload that cannot be sealed is started again here; one whose transfer
     failed is listed in ``failed_transfers`` (the playbook tries the next target)."""
     migration_id = check_id(migration_id)
+    progress = ProgressFile(progress_file) if progress_file and not check_mode else None
+    transfer = create_transfer(transfer_kind if transfer_kind in ('rsync', 'shared') else 'shared', run, ciphers=ciphers,
+                               progress=progress)
+    try:
+        return _release(by_runtime, run, migration_id, source, moving, assignments, transfer_kind, check_mode,
+                        stop_timeout, emergency, stop, transfer, progress)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _release(by_runtime, run, migration_id, source, moving, assignments, transfer_kind, check_mode, stop_timeout,
+             emergency, stop, transfer, progress):
     by_name = dict((w['name'], w) for w in moving)
-    transfer = create_transfer(transfer_kind if transfer_kind in ('rsync', 'shared') else 'shared', run, ciphers=ciphers)
     rows, errors = {}, []
     for name in sorted(assignments):
         w = by_name.get(name)
@@ -303,6 +342,8 @@ def source_release(by_runtime, run, migration_id, source, moving, assignments, t
         if check_mode or transfer_kind == 'relay':
             row.update({'target': assignments[name].get('name'), 'staged': None, 'transfer_error': None})
         else:
+            if progress is not None:
+                progress.workload = name
             push_one(transfer, row, assignments[name], migration_id, run)
         rows[name] = row
     failed = sorted(n for n, r in rows.items() if r.get('transfer_error'))

@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -113,6 +114,45 @@ class Endpoint:
         self.name = name or host
 
 
+_PROGRESS2 = re.compile(r'^\s*([\d,]+)\s+(\d+)%\s+(\S+/s)')
+
+
+def parse_progress(line):
+    """rsync ``--info=progress2``'s running total (``1,234,567  45%  12.34MB/s  0:00:05``) as ``(bytes, percent,
+    rate)``, or None for any other line."""
+    match = _PROGRESS2.match(line)
+    if not match:
+        return None
+    return int(match.group(1).replace(',', '')), int(match.group(2)), match.group(3)
+
+
+def stream_command(argv, on_line, timeout=None):
+    """Run ``argv`` (no shell, ``LC_ALL=C``), handing each line of its output to ``on_line`` as it comes (rsync ends
+    its progress lines with a carriage return). Returns ``(rc, stdout, stderr)`` like a module's run_command."""
+    env = dict(os.environ, LC_ALL='C', LANG='C')
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=err, env=env)
+        out, pending = [], b''
+        started = time.time()
+        while True:
+            chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, 'read1') else proc.stdout.read(4096)
+            if not chunk:
+                break
+            pending += chunk
+            parts = re.split(b'[\r\n]', pending)
+            pending = parts.pop()
+            for part in parts:
+                text = part.decode('utf-8', 'replace')
+                out.append(text)
+                on_line(text)
+            if timeout and time.time() - started > timeout:
+                proc.kill()
+                break
+        rc = proc.wait()
+        err.seek(0)
+        return rc, '\n'.join(out[-200:] + [pending.decode('utf-8', 'replace')]), err.read().decode('utf-8', 'replace')
+
+
 class Transfer:
     """Moves one sealed checkpoint into a staging directory on a target. ``send`` returns
     ``{'staged', 'bytes', 'seconds', 'linked_from'}`` or raises :class:`TransferError`."""
@@ -128,10 +168,11 @@ class RsyncPush(Transfer):
 
     kind = 'rsync'
 
-    def __init__(self, run, timeout=None, ciphers=None):
+    def __init__(self, run, timeout=None, ciphers=None, progress=None):
         self.run = run
         self.timeout = timeout
         self.ciphers = ciphers
+        self.progress = progress  # progress(checkpoint, bytes_done, total, percent, rate): rsync's running total
 
     def replica_checkpoint(self, target, root):
         """The newest published replica's checkpoint path on ``target`` (its ``latest.json``), or None. One SSH
@@ -154,9 +195,17 @@ class RsyncPush(Transfer):
         # A directory's contents go into staging/<its name>/ so that --link-dest can point at a replica's own
         # checkpoint directory, whatever its name.
         linked = link_dest if link_dest and is_dir else (os.path.dirname(link_dest) if link_dest else None)
+        extra = ['--info=progress2', '--no-inc-recursive'] if self.progress else []
         argv = rsync_argv(checkpoint_files(checkpoint, is_dir), dest, target.ssh, link_dest=linked, partial=True,
-                          ciphers=self.ciphers)
-        rc, out, err = self.run(argv)
+                          ciphers=self.ciphers, extra=extra)
+        if self.progress:
+            def on_line(line):
+                seen = parse_progress(line)
+                if seen:
+                    self.progress(checkpoint, seen[0], size, seen[1], seen[2])
+            rc, out, err = stream_command(argv, on_line, self.timeout)
+        else:
+            rc, out, err = self.run(argv)
         if rc != 0:
             raise TransferError('rsync of %s to %s:%s failed (exit %s): %s'
                                 % (checkpoint, target.name, staging, rc, (err or out).strip()[-600:]),
@@ -210,11 +259,11 @@ class Shared(Transfer):
         return {'staged': checkpoint, 'bytes': 0, 'seconds': 0.0, 'linked_from': None, 'kind': self.kind}
 
 
-def create_transfer(kind, run, source=None, timeout=None, ciphers=None):
-    """The one factory for transfers (``ciphers``: see :data:`PREFERRED_CIPHERS`)."""
+def create_transfer(kind, run, source=None, timeout=None, ciphers=None, progress=None):
+    """The one factory for transfers (``ciphers``: see :data:`PREFERRED_CIPHERS`; ``progress``: see RsyncPush)."""
     check_ciphers(ciphers)  # a bad list fails here, before anything is stopped or sent
     if kind == 'rsync':
-        return RsyncPush(run, timeout, ciphers)
+        return RsyncPush(run, timeout, ciphers, progress)
     if kind == 'relay':
         if source is None:
             raise TransferError('transfer relay needs the source node as an endpoint')

@@ -108,6 +108,14 @@ options:
       - An empty string leaves the choice to ssh and its configuration (for example where a policy fixes the ciphers).
     type: str
     default: aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr
+  progress_file:
+    description:
+      - V(release) with V(transfer=rsync) - write the running transfer's progress (workload, bytes, percent, rate) to
+        this file on the source while rsync runs, and remove it at the end.
+      - The module's action plugin sets it by itself and shows the progress in the play output once a transfer has
+        run longer than C(spot_transfer_progress_after) seconds (default 5), every C(spot_transfer_progress_every)
+        seconds (default 5); a short transfer costs nothing more.
+    type: path
   sealed:
     description: The C(sealed) list of an earlier V(release) (V(transfer), V(restart)).
     type: list
@@ -242,6 +250,7 @@ def main():
             assignments=dict(type='dict', default={}),
             transfer=dict(type='str', default='rsync', choices=['rsync', 'relay', 'shared']),
             ssh_ciphers=dict(type='str', default=PREFERRED_CIPHERS),
+            progress_file=dict(type='path'),
             sealed=dict(type='list', elements='dict', default=[]),
             source_endpoint=dict(type='dict'),
             stop_timeout=dict(type='float', default=30.0),
@@ -273,7 +282,8 @@ def main():
                                        p['safety_margin'], p['signalled_at'], module.check_mode, module.warn)
         elif p['step'] == 'release':
             result = source_release(by_runtime, run, mid, source, p['moving'], p['assignments'], p['transfer'],
-                                    module.check_mode, p['stop_timeout'], p['emergency'], p['stop'], p['ssh_ciphers'])
+                                    module.check_mode, p['stop_timeout'], p['emergency'], p['stop'], p['ssh_ciphers'],
+                                    p['progress_file'])
         elif p['step'] == 'cleanup':
             result = source_cleanup(by_runtime, mid, source, [w['name'] for w in p['moving']], module.check_mode)
         else:

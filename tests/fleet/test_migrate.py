@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -200,6 +201,23 @@ def test_target_lost_mid_transfer_moves_on_to_the_next_target(fleet, migrations)
     assert migrations.where(name) == {row["target"]: True}
     assert _progress(fleet, row["target"], name)["resumed_from"] == row["checkpoint_step"]
     assert not list(Path(standby.paths["checkpoints"]).glob(".spot-staging/*")), "staging on the lost target cleaned"
+
+
+def test_a_long_transfer_shows_its_progress(fleet, migrations):
+    """The release step's transfer reports rsync's running total in the play output while it runs (the thresholds
+    lowered so a transfer of a few hundred MiB on loopback is "long"), and leaves no progress file behind."""
+    name = "mig-progress"
+    migrations.deploy("node1", name, extra=["--every", "400", "--size-mb", "200", "--initial-checkpoint"])
+    fleet_mod.inject(fleet.dir, "node1", "spot_interruption")
+    result = migrations.migrate("node1", "-e", "spot_transfer_progress_after=0", "-e", "spot_transfer_progress_every=0.1",
+                                "-e", "spot_ssh_ciphers=aes128-ctr")
+    lines = re.findall(r"^node1: %s (\d+)/(\d+) MiB \((\d+)%%, (\S+/s)\)$" % name, result.stdout, re.M)
+    assert lines, result.stdout[-4000:]
+    done, total, percent, _rate = lines[-1]
+    assert int(total) >= 150 and 0 <= int(percent) <= 100 and int(done) <= int(total)
+    [record] = migrations.records_written()
+    assert record["migrations"][0]["outcome"] == "running"
+    assert not list(Path("/tmp").glob(".spot-migration-progress-*.json"))
 
 
 def test_unreachable_source_fails_loudly(fleet, migrations, tmp_path):

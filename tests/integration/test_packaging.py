@@ -106,3 +106,22 @@ def test_event_source_documentation_parses():
     assert "spot.migration.eviction_notices" in examples[0]["sources"][0]
     extensions = yaml.safe_load((ROOT / "meta" / "extensions.yml").read_text())
     assert {"args": {"ext_dir": "eda/plugins/event_source"}} in extensions["extensions"]
+
+
+@pytest.mark.parametrize("variables, message", [
+    ({"eviction_agent_log_format": "xml"}, "value of eviction_agent_log_format must be one of: text, json, got: xml"),
+    ({"eviction_agent_poll_interval": "fast"}, "eviction_agent_poll_interval"),
+    ({"eviction_agent_signal_workloads": "perhaps"}, "eviction_agent_signal_workloads"),
+])
+def test_the_agent_roles_variables_are_checked_before_anything_runs(variables, message, ansible_env, tmp_path):
+    """The role's argument spec refuses a bad variable by name, at its first task (nothing installed)."""
+    play = [{"hosts": "localhost", "gather_facts": False, "roles": [{
+        "role": "spot.migration.eviction_agent", "eviction_agent_watcher_url": "http://127.0.0.1:9",
+        "eviction_agent_secret": "s" * 32, "eviction_agent_dir": str(tmp_path / "agent"), **variables}]}]
+    path = tmp_path / "play.json"
+    path.write_text(json.dumps(play))
+    result = run([str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(path)], ansible_env)
+    assert result.returncode != 0
+    assert message in result.stdout, result.stdout[-3000:]
+    assert "Validating arguments against arg spec" in result.stdout
+    assert not (tmp_path / "agent").exists()

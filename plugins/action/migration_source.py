@@ -1,0 +1,82 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) spot.migration contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""migration_source runs as its module; a long transfer shows its progress in the play output meanwhile.
+
+For ``step=release`` with rsync the module writes its transfer's progress to a file on the source (its
+``progress_file``). The module runs exactly as it would without this plugin (one SSH round trip); only when it has
+run longer than ``spot_transfer_progress_after`` seconds does this plugin read that file, over the same kept-open
+SSH connection, every ``spot_transfer_progress_every`` seconds, and print one line per read. A transfer that is over
+sooner costs nothing more.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import shlex
+import threading
+import uuid
+
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+
+display = Display()
+
+
+def progress_line(host, data):
+    """One line of progress, from the module's progress file."""
+    total = data.get('total') or 0
+    done = data.get('bytes') or 0
+    return '%s: %s %.0f/%.0f MiB (%s%%, %s)' % (host, data.get('workload') or data.get('checkpoint'), done / 2.0 ** 20,
+                                              total / 2.0 ** 20, data.get('percent'), data.get('rate'))
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        task_vars = task_vars or {}
+        args = dict(self._task.args)
+        after = float(task_vars.get('spot_transfer_progress_after', 5.0))
+        every = max(0.2, float(task_vars.get('spot_transfer_progress_every', 5.0)))
+        watch = (args.get('step') == 'release' and args.get('transfer', 'rsync') == 'rsync' and not self._task.check_mode
+                 and not args.get('progress_file') and not self._task.async_val and after >= 0)
+        if not watch:
+            result.update(self._execute_module(module_name='spot.migration.migration_source', module_args=args,
+                                               task_vars=task_vars))
+            return result
+        # A name only this run knows, in the node's /tmp; the module writes it atomically and removes it.
+        path = '/tmp/.spot-migration-progress-%s.json' % uuid.uuid4().hex
+        args['progress_file'] = path
+        box = {}
+
+        def execute():
+            try:
+                box['result'] = self._execute_module(module_name='spot.migration.migration_source', module_args=args,
+                                                     task_vars=task_vars)
+            except Exception as exc:  # noqa: BLE001 - raised again in the task's own thread below
+                box['error'] = exc
+
+        worker = threading.Thread(target=execute, name='migration_source')
+        worker.start()
+        worker.join(after)
+        host = task_vars.get('inventory_hostname') or 'source'
+        last = None
+        while worker.is_alive():
+            try:
+                read = self._low_level_execute_command('cat %s 2>/dev/null || true' % shlex.quote(path), sudoable=False)
+                data = json.loads(read.get('stdout') or 'null')
+            except Exception:  # noqa: BLE001 - progress is a courtesy: a failed read shows nothing
+                data = None
+            if isinstance(data, dict) and data.get('at') != last:
+                last = data.get('at')
+                display.display(progress_line(host, data))
+            worker.join(every)
+        if 'error' in box:
+            raise box['error']
+        result.update(box['result'])
+        return result
