@@ -30,8 +30,9 @@ def progress_line(host, data):
     """One line of progress, from the module's progress file."""
     total = data.get('total') or 0
     done = data.get('bytes') or 0
-    return '%s: %s %.0f/%.0f MiB (%s%%, %s)' % (host, data.get('workload') or data.get('checkpoint'), done / 2.0 ** 20,
-                                              total / 2.0 ** 20, data.get('percent'), data.get('rate'))
+    name = data.get('workload') or data.get('checkpoint')
+    values = (host, name, done / 2.0 ** 20, total / 2.0 ** 20, data.get('percent'), data.get('rate'))
+    return '%s: %s %.0f/%.0f MiB (%s%%, %s)' % values
 
 
 class ActionModule(ActionBase):
