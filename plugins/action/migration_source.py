@@ -44,8 +44,9 @@ class ActionModule(ActionBase):
         args = dict(self._task.args)
         after = float(task_vars.get('spot_transfer_progress_after', 5.0))
         every = max(0.2, float(task_vars.get('spot_transfer_progress_every', 5.0)))
-        watch = (args.get('step') == 'release' and args.get('transfer', 'rsync') == 'rsync' and not self._task.check_mode
-                 and not args.get('progress_file') and not self._task.async_val and after >= 0)
+        rsync_release = args.get('step') == 'release' and args.get('transfer', 'rsync') == 'rsync'
+        watch = rsync_release and not (self._task.check_mode or args.get('progress_file') or self._task.async_val)
+        watch = watch and after >= 0
         if not watch:
             result.update(self._execute_module(module_name='spot.migration.migration_source', module_args=args,
                                                task_vars=task_vars))

@@ -76,6 +76,9 @@ def test_python_m_and_the_version(installed):
     env, bindir, _collections, base = installed
     out = run([bindir / "python", "-m", "spot_migration", "--version"], env, cwd=base).stdout
     assert out.strip() == f"spot-migration, version {VERSION}"
+    # The package's data came with the wheel: podman's settings for the local fleet, the configuration's schema.
+    run([bindir / "python", "-c", "from spot_migration import fleet; from spot_migration.watch import config; "
+         "assert fleet.CONTAINERS_CONF.is_file() and config.schema()['properties']"], env, cwd=base)
     # The demo's plot is an extra: the plain wheel does not pull matplotlib.
     assert run([bindir / "python", "-c", "import matplotlib"], env, check=False, cwd=base).returncode != 0
 
