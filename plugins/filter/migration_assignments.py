@@ -16,13 +16,11 @@ description:
 - Per workload its target as an SSH endpoint, its GPUs, its owner and the replica's root.
 - Only while this run still holds the migration (its fence file has this run's token); otherwise the filter fails, so
   the task that would stop the source copy fails before it starts.
+extends_documentation_fragment:
+  - spot.migration.migration_filter
+  - spot.migration.migration_filter.hostvars
 positional: source, reservations, hostvars, controller
 options:
-  _input:
-    description: 'The run''s plan, as M(spot.migration.migrate) role''s C(plan) entry point sets it (C(migrate_plan)):
-      C(sources), C(by_source), C(candidates), C(transfer), C(target), C(exclude).'
-    type: dict
-    required: true
   source:
     description: The source host.
     type: str
@@ -32,10 +30,6 @@ options:
     type: list
     required: true
     elements: dict
-  hostvars:
-    description: Ansible's C(hostvars) (only the connection variables and the registered results named here are read).
-    type: dict
-    required: true
   controller:
     description: Endpoints as the controller reaches them (relay) instead of as the source does.
     type: bool

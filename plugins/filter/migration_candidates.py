@@ -15,17 +15,11 @@ author:
 description:
 - Every candidate of the plan that was described (C(migrate_described) registered on it, or the results of a loop that
   described more of them); one that could not be asked (unreachable, failed) is blind; one not asked is left out.
+extends_documentation_fragment:
+  - spot.migration.migration_filter
+  - spot.migration.migration_filter.hostvars
 positional: hostvars, groups, more
 options:
-  _input:
-    description: 'The run''s plan, as M(spot.migration.migrate) role''s C(plan) entry point sets it (C(migrate_plan)):
-      C(sources), C(by_source), C(candidates), C(transfer), C(target), C(exclude).'
-    type: dict
-    required: true
-  hostvars:
-    description: Ansible's C(hostvars) (only the connection variables and the registered results named here are read).
-    type: dict
-    required: true
   groups:
     description: Ansible's C(groups).
     type: dict

@@ -14,15 +14,13 @@ author:
 - spot.migration contributors (@spot-migration)
 description:
 - C(name), C(host), C(ssh) (an argv) and C(root), from the node's connection variables.
+extends_documentation_fragment:
+  - spot.migration.migration_filter.hostvars
 positional: hostvars, controller
 options:
   _input:
     description: The inventory host.
     type: str
-    required: true
-  hostvars:
-    description: Ansible's C(hostvars) (only the connection variables and the registered results named here are read).
-    type: dict
     required: true
   controller:
     description: As the controller reaches it (true) or as another node does (false).

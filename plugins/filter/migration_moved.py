@@ -14,13 +14,10 @@ author:
 - spot.migration contributors (@spot-migration)
 description:
 - Combines the source's checkpoint, release, retry, relay and restart results into one row per workload.
+extends_documentation_fragment:
+  - spot.migration.migration_filter
 positional: source, checkpoint, release, retry, relay, source_root, restart, assigned
 options:
-  _input:
-    description: 'The run''s plan, as M(spot.migration.migrate) role''s C(plan) entry point sets it (C(migrate_plan)):
-      C(sources), C(by_source), C(candidates), C(transfer), C(target), C(exclude).'
-    type: dict
-    required: true
   source:
     description: The source host.
     type: str

@@ -26,7 +26,7 @@ options:
     description: The target host.
     type: str
   the_plan:
-    description: 'The run''s plan, as M(spot.migration.migrate) role''s C(plan) entry point sets it (C(migrate_plan)):
+    description: 'The run''s plan, as the spot.migration.migrate role''s C(plan) entry point sets it (C(migrate_plan)):
       C(sources), C(by_source), C(candidates), C(transfer), C(target), C(exclude).'
     type: dict
 '''

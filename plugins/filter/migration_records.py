@@ -15,17 +15,11 @@ author:
 description:
 - A row per workload with its timeline (notice, checkpoint verified, target chosen, transferred, verified on the target,
   started, resumed), its outcome and its errors.
+extends_documentation_fragment:
+  - spot.migration.migration_filter
+  - spot.migration.migration_filter.hostvars
 positional: hostvars, check_mode, reservations
 options:
-  _input:
-    description: 'The run''s plan, as M(spot.migration.migrate) role''s C(plan) entry point sets it (C(migrate_plan)):
-      C(sources), C(by_source), C(candidates), C(transfer), C(target), C(exclude).'
-    type: dict
-    required: true
-  hostvars:
-    description: Ansible's C(hostvars) (only the connection variables and the registered results named here are read).
-    type: dict
-    required: true
   check_mode:
     description: Whether the run is in check mode.
     type: bool

@@ -16,13 +16,10 @@ description:
 - One request per workload of every source whose checkpoint step answered, with its owner (the migration id and workload),
   its GPU count and the hosts it must not go to.
 - With O(unplaced) (an earlier round's reservations), only those that round could not place.
+extends_documentation_fragment:
+  - spot.migration.migration_filter
 positional: checkpoints, unplaced
 options:
-  _input:
-    description: 'The run''s plan, as M(spot.migration.migrate) role''s C(plan) entry point sets it (C(migrate_plan)):
-      C(sources), C(by_source), C(candidates), C(transfer), C(target), C(exclude).'
-    type: dict
-    required: true
   checkpoints:
     description: By source, what migration_source step=checkpoint returned (see P(spot.migration.migration_gather#filter)).
     type: dict

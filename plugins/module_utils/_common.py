@@ -91,10 +91,12 @@ class Warning_(str):
     level = 'warning'
 
 
-def log_line(epoch, message, log_format='text'):
-    """One log line: date (UTC, ISO 8601, milliseconds), level, message; or the same as one JSON object."""
+def log_line(epoch, message, log_format='text', level=None, logger='spot_migration.agent'):
+    """One log line, the agent's and the watcher's alike: date (UTC, ISO 8601, milliseconds), level (``level``, else
+    the message's own, see Warning_), message; or the same as one JSON object (``time``, ``level``, ``logger``,
+    ``message``)."""
     stamp = time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(epoch)) + '.%03dZ' % int((epoch % 1) * 1000)
-    level = getattr(message, 'level', 'info')
+    level = level or getattr(message, 'level', 'info')
     if log_format == 'json':
-        return json.dumps({'time': stamp, 'level': level, 'logger': 'spot_migration.agent', 'message': str(message)})
+        return json.dumps({'time': stamp, 'level': level, 'logger': logger, 'message': str(message)})
     return '%s %-7s %s' % (stamp, level, message)

@@ -47,8 +47,10 @@ def search_path(env: dict[str, str] | None = None) -> tuple[str, ...]:
 
 
 def _scan_sys_path(env: dict[str, str] | None) -> bool:
+    from ansible.module_utils.parsing.convert_bool import boolean
+
     value = (os.environ if env is None else env).get("ANSIBLE_COLLECTIONS_SCAN_SYS_PATH")
-    return value is None or value.strip().lower() not in ("0", "false", "no", "off", "n", "f")
+    return value is None or boolean(value, strict=False)
 
 
 def _version(root: Path) -> str | None:

@@ -7,11 +7,11 @@ level), which a plain callable simply prints.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import time
 from typing import IO
+
+from . import module_utils
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -36,19 +36,17 @@ def error(text: str) -> str:
     return _Error(text)
 
 
-def utc(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int((epoch % 1) * 1000):03d}Z"
+class _Formatter(logging.Formatter):
+    """The agent's line format (module_utils/_common.log_line), so watcher and agent logs read alike."""
 
+    def __init__(self, fmt: str):
+        super().__init__()
+        self.fmt = fmt
+        self.line = module_utils("_common").log_line
 
-class _Text(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return f"{utc(record.created)} {record.levelname.lower():<7} {record.getMessage()}"
-
-
-class _Json(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"time": utc(record.created), "level": record.levelname.lower(), "logger": record.name,
-                           "message": record.getMessage()}, ensure_ascii=False)
+        return self.line(record.created, record.getMessage(), self.fmt, level=record.levelname.lower(),
+                         logger=record.name)
 
 
 class Log:
@@ -65,7 +63,7 @@ class Log:
         self.logger.propagate = False
         self.logger.setLevel(LEVELS[level])
         handler = logging.StreamHandler(stream or sys.stdout)
-        handler.setFormatter(_Json() if fmt == "json" else _Text())
+        handler.setFormatter(_Formatter(fmt))
         self.logger.handlers[:] = [handler]
         self.logger.name = name
 
