@@ -30,7 +30,8 @@ from ._gpu import gpu_facts
 from ._checkpoint import CheckpointError, find_checkpoint, read_manifest, seal, verify, wait_for_checkpoint
 from ._transfer import Endpoint, TransferError, create_transfer
 from ._workload import (RUNTIMES, WorkloadError, build_spec, check_fence, create_driver, ensure_absent,
-                        ensure_checkpointed, ensure_started, ensure_stopped, public)
+                        ask_checkpoint, await_checkpoint, ensure_checkpointed, ensure_started,
+                        ensure_stopped, public)
 
 __metaclass__ = type
 
@@ -170,9 +171,14 @@ def _parallel(func, items):
 # ---------------------------------------------------------------------------- source: checkpoint
 
 def source_checkpoint(by_runtime, migration_id, source, names, include_stopped, deadline, safety_margin, signalled_at,
-                      check_mode, warn=None):
+                      check_mode, warn=None, wait=True):
     """Choose the workloads to move and ask each running one for an emergency checkpoint, all at once, within
-    ``deadline - safety_margin`` seconds. Nothing is stopped."""
+    ``deadline - safety_margin`` seconds. Nothing is stopped.
+
+    ``wait=False``: ask and return at once (step ``checkpointing``), so the targets are chosen and reserved while
+    the checkpoints are written; each row says when it was asked and until when its checkpoint counts
+    (``emergency_signalled_at``, ``emergency_until``, epoch seconds on this node) and ``source_release`` waits for
+    it there. ``wait=True``: return when every one is complete or late (step ``checkpointed``)."""
     migration_id = check_id(migration_id)
     found = list_workloads(by_runtime, warn)
     wanted = list(names or [])
@@ -186,12 +192,15 @@ def source_checkpoint(by_runtime, migration_id, source, names, include_stopped, 
     else:
         moving = [w for w in found if w['running']]
     budget = max(float(deadline) - float(safety_margin), 1.0)
+    until = time.time() + budget
 
     def ask(w):
         if not w['running']:
             return None
-        return ensure_checkpointed(by_runtime[w['runtime']], w['name'], check_mode, deadline=budget,
-                                   signalled_at=signalled_at)
+        driver = by_runtime[w['runtime']]
+        if wait:
+            return ensure_checkpointed(driver, w['name'], check_mode, deadline=budget, signalled_at=signalled_at)
+        return ask_checkpoint(driver, w['name'], check_mode, signalled_at=signalled_at)
     answers = _parallel(ask, moving)
     rows = {}
     for w, answer in zip(moving, answers):
@@ -199,18 +208,41 @@ def source_checkpoint(by_runtime, migration_id, source, names, include_stopped, 
             rows[w['name']] = {'emergency_ok': False, 'emergency_error': str(answer)}
         elif answer is None:
             rows[w['name']] = {'emergency_ok': False, 'emergency_error': 'already stopped (an earlier run stopped it)'}
-        else:
+        elif answer.get('checkpoint') or wait or check_mode:
             ckpt = answer.get('checkpoint') or {}
             rows[w['name']] = {'emergency_ok': bool(ckpt) or check_mode, 'emergency_step': ckpt.get('step'),
                                'emergency_checkpoint': ckpt.get('checkpoint'), 'signal': ckpt.get('signal')}
+        else:
+            # Asked, not written yet: source_release waits for it until ``until``.
+            rows[w['name']] = {'emergency_ok': None, 'emergency_step': None, 'emergency_checkpoint': None,
+                               'signal': answer['signal'], 'emergency_signalled_at': answer['signalled_at'],
+                               'emergency_until': until, 'emergency_dir': answer['directory']}
         rows[w['name']].update({'runtime': w['runtime'], 'gpus': len((w.get('spec') or {}).get('gpus') or [])})
     return {
         'changed': any(not isinstance(a, Exception) and a is not None and a.get('changed') for a in answers),
         'moving': moving,
         'deadline': float(deadline),
         'checkpointed_at': iso(),
-        'migration': {'id': migration_id, 'step': 'checkpointed', 'source': source, 'workloads': rows},
+        'migration': {'id': migration_id, 'step': 'checkpointed' if wait else 'checkpointing', 'source': source,
+                      'workloads': rows},
     }
+
+
+def await_emergency(driver, name, asked, clock=time.time):
+    """The answer to an emergency checkpoint asked without waiting (``source_checkpoint(wait=False)``): waits until
+    the row's ``emergency_until`` for it and returns the row's ``emergency_*`` fields as ``wait=True`` would have
+    set them. A row already answered comes back as it is."""
+    if asked.get('emergency_ok') is not None or asked.get('emergency_signalled_at') is None:
+        return dict(asked)
+    out = dict((k, v) for k, v in asked.items() if k not in ('emergency_until', 'emergency_dir'))
+    try:
+        found = await_checkpoint(driver, name, asked['emergency_dir'], asked['emergency_signalled_at'],
+                                 asked.get('signal') or 'the signal', float(asked['emergency_until']) - clock())
+    except WorkloadError as exc:
+        out.update({'emergency_ok': False, 'emergency_error': str(exc)})
+        return out
+    out.update({'emergency_ok': True, 'emergency_step': found.get('step'), 'emergency_checkpoint': found['checkpoint']})
+    return out
 
 
 # ---------------------------------------------------------------------------- source: release (stop, seal, push)
@@ -326,6 +358,8 @@ def _release(by_runtime, run, migration_id, source, moving, assignments, transfe
         driver = by_runtime[w['runtime']]
         row = {'name': name}
         asked = (emergency or {}).get(name) or {}
+        if not check_mode:
+            asked = await_emergency(driver, name, asked)
         row.update((k, v) for k, v in asked.items() if k.startswith('emergency_'))
         try:
             row.update(_seal_one(driver, w, check_mode, stop_timeout, asked, stop))

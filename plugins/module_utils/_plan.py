@@ -450,7 +450,10 @@ def records(the_plan, check_mode, per_source, finished_at=None):
                 'provider': data.get('provider'), 'notice_at': entry['notice_at'] or checkpoint.get('checkpointed_at'),
                 'detected_at': entry['detected_at'] or entry['notice_at'],
                 'deadline_s': checkpoint.get('deadline'),
-                'emergency_checkpoint_ok': e.get('emergency_ok'), 'emergency_error': e.get('emergency_error'),
+                # The release row says how an emergency checkpoint asked without waiting went; else the checkpoint
+                # step's row.
+                'emergency_checkpoint_ok': m.get('emergency_ok', e.get('emergency_ok')),
+                'emergency_error': m.get('emergency_error', e.get('emergency_error')),
                 'stopped_by': m.get('stopped_by'), 'checkpoint_step': m.get('step'),
                 'checkpoint_verified_at': m.get('verified_at'), 'target_chosen_at': (data.get('reserved_at') or {}).get(name),
                 'transfer_started_at': m.get('transfer_started_at'), 'transferred_at': m.get('transferred_at'),

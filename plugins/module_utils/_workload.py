@@ -503,12 +503,12 @@ def request_checkpoint(driver, name, spec):
     return how
 
 
-def ensure_checkpointed(driver, name, check_mode, deadline=60.0, checkpoint_dir=None, stable_for=0.0,
-                        signalled_at=None):
-    """Signal the workload, then wait up to ``deadline`` for a complete checkpoint newer than the signal.
+def ask_checkpoint(driver, name, check_mode, checkpoint_dir=None, stable_for=0.0, signalled_at=None):
+    """Ask a running workload for a checkpoint now and return at once (``await_checkpoint`` waits for it).
 
     ``signalled_at``: the workload was already asked at that time (by the eviction agent); a complete checkpoint
-    newer than it is taken as it is, without asking a second time."""
+    newer than it is taken as it is, without asking a second time. Returns ``{changed, workload, checkpoint (the
+    complete one already there, else None), directory, signalled_at, signal}``."""
     current = driver.status(name)
     if not current or not current['running']:
         raise WorkloadError('workload %s is not running, so it cannot checkpoint' % name)
@@ -524,15 +524,23 @@ def ensure_checkpointed(driver, name, check_mode, deadline=60.0, checkpoint_dir=
         if found is not None:
             found['signalled_at'] = float(signalled_at)
             found['signal'] = 'earlier'
-            return {'changed': False, 'workload': public(current), 'checkpoint': found}
+            return {'changed': False, 'workload': public(current), 'checkpoint': found, 'directory': directory,
+                    'signalled_at': float(signalled_at), 'signal': 'earlier'}
     if check_mode:
-        return {'changed': True, 'workload': public(current), 'signal': spec.get('checkpoint_signal'),
-                'checkpoint_dir': directory}
+        return {'changed': True, 'workload': public(current), 'checkpoint': None, 'directory': directory,
+                'signalled_at': None, 'signal': spec.get('checkpoint_signal')}
     signalled_at = time.time()
     how = request_checkpoint(driver, name, spec)
+    return {'changed': True, 'workload': public(current), 'checkpoint': None, 'directory': directory,
+            'signalled_at': signalled_at, 'signal': how}
+
+
+def await_checkpoint(driver, name, directory, signalled_at, how, deadline, stable_for=0.0):
+    """Wait up to ``deadline`` seconds for a complete checkpoint in ``directory`` newer than ``signalled_at`` (the
+    answer to ``ask_checkpoint``). WorkloadError, naming the newest complete checkpoint on disk, when none comes."""
     try:
-        found = wait_for_checkpoint(directory, wait_timeout=deadline, interval=0.1, newer_than=signalled_at - 0.001,
-                                    stable_for=stable_for)
+        found = wait_for_checkpoint(directory, wait_timeout=max(float(deadline), 0.0), interval=0.1,
+                                    newer_than=float(signalled_at) - 0.001, stable_for=stable_for)
     except CheckpointError as exc:
         try:
             newest = find_checkpoint(directory)
@@ -540,12 +548,29 @@ def ensure_checkpointed(driver, name, check_mode, deadline=60.0, checkpoint_dir=
         except CheckpointError:
             newest, fallback = None, 'there is no complete checkpoint on disk'
         still = driver.status(name)
-        raise WorkloadError('workload %s wrote no complete checkpoint within %s s of %s; it is %s; %s'
-                            % (name, deadline, how, 'still running' if still and still['running'] else 'not running',
+        raise WorkloadError('workload %s wrote no complete checkpoint within %.1f s of %s; it is %s; %s'
+                            % (name, float(deadline), how, 'still running' if still and still['running'] else 'not running',
                                fallback),
                             rejected=exc.details.get('rejected', []), newest=newest, signalled_at=signalled_at)
     found['signalled_at'] = signalled_at
     found['signal'] = how
+    return found
+
+
+def ensure_checkpointed(driver, name, check_mode, deadline=60.0, checkpoint_dir=None, stable_for=0.0,
+                        signalled_at=None):
+    """Signal the workload, then wait up to ``deadline`` for a complete checkpoint newer than the signal.
+
+    ``signalled_at``: the workload was already asked at that time (by the eviction agent); a complete checkpoint
+    newer than it is taken as it is, without asking a second time."""
+    asked = ask_checkpoint(driver, name, check_mode, checkpoint_dir, stable_for, signalled_at)
+    if asked['checkpoint'] is not None:
+        return {'changed': False, 'workload': asked['workload'], 'checkpoint': asked['checkpoint']}
+    if check_mode:
+        return {'changed': True, 'workload': asked['workload'], 'signal': asked['signal'],
+                'checkpoint_dir': asked['directory']}
+    found = await_checkpoint(driver, name, asked['directory'], asked['signalled_at'], asked['signal'], deadline,
+                             stable_for)
     return {'changed': True, 'workload': public(driver.status(name)), 'checkpoint': found}
 
 

@@ -16,7 +16,9 @@ description:
     trips. The M(spot.migration.migrate) playbook is the sequencer; the logic lives in the collection's module_utils.
   - V(checkpoint) lists the workloads to move and asks every running one for an emergency checkpoint at the same time,
     within O(deadline) minus O(safety_margin) seconds. Nothing is stopped, so a migration that finds no target leaves
-    the job running.
+    the job running. With O(wait=false) it returns as soon as they are asked (C(migration.step=checkpointing)) and
+    V(release) waits for each checkpoint, until the same deadline: the targets are chosen and reserved while the
+    checkpoints are being written.
   - V(release) stops each workload in O(assignments), takes its newest complete checkpoint (the emergency one when it
     came in time), seals it with a sha256 manifest and, for O(transfer=rsync), pushes it into the target's staging
     directory (C(<root>/.spot-staging/<migration_id>)). A workload whose checkpoint cannot be sealed is started again
@@ -76,6 +78,12 @@ options:
   signalled_at:
     description: Unix time at which the workloads were already asked to checkpoint (by the eviction agent).
     type: float
+  wait:
+    description:
+      - V(checkpoint) - wait for the emergency checkpoints here (V(true)), or only ask for them and let V(release) wait
+        (V(false); pass the C(migration.workloads) of this result to it as O(emergency)). The deadline is the same.
+    type: bool
+    default: true
   provider:
     description: The metadata service's dialect, read for the deadline when O(deadline) is not given.
     type: str
@@ -137,7 +145,10 @@ options:
     choices: [auto, graceful]
     default: auto
   emergency:
-    description: The V(checkpoint) step's C(migration.workloads) (per workload C(emergency_ok), C(emergency_checkpoint)), for V(release).
+    description:
+      - The V(checkpoint) step's C(migration.workloads) (per workload C(emergency_ok), C(emergency_checkpoint)), for
+        V(release). Rows of a V(checkpoint) with O(wait=false) also say when each workload was asked and until when
+        its checkpoint counts; V(release) waits for it until then, and its C(sealed) rows say how it went.
     type: dict
     default: {}
   workload_root:
@@ -244,6 +255,7 @@ def main():
             default_deadline=dict(type='float', default=30.0),
             safety_margin=dict(type='float', default=5.0),
             signalled_at=dict(type='float'),
+            wait=dict(type='bool', default=True),
             provider=dict(type='str', default='auto', choices=['auto', 'aws', 'gcp', 'azure']),
             metadata_url=dict(type='str'),
             moving=dict(type='list', elements='dict', default=[]),
@@ -279,7 +291,8 @@ def main():
                 if deadline is None:
                     deadline = p['default_deadline']
             result = source_checkpoint(by_runtime, mid, source, p['workloads'], p['include_stopped'], deadline,
-                                       p['safety_margin'], p['signalled_at'], module.check_mode, module.warn)
+                                       p['safety_margin'], p['signalled_at'], module.check_mode, module.warn,
+                                       wait=p['wait'])
         elif p['step'] == 'release':
             result = source_release(by_runtime, run, mid, source, p['moving'], p['assignments'], p['transfer'],
                                     module.check_mode, p['stop_timeout'], p['emergency'], p['stop'], p['ssh_ciphers'],

@@ -46,6 +46,18 @@ def test_events_become_states_and_facts_from_data_alone():
     assert events.failures == ["standby1: boom"]
 
 
+def test_checkpoints_asked_without_waiting_are_checkpointing_only():
+    """The playbook asks for the emergency checkpoints and reserves while they are written: step ``checkpointing``
+    (the ledger goes on to target_reserved), never a ``checkpointed`` that did not happen."""
+    calls = []
+    events = actions.MigrationEvents(lambda state, **kw: calls.append((state, kw)))
+    events(_ok({"migration": {"id": "m1", "step": "checkpointing", "workloads": {"a": {"emergency_ok": None}}}}))
+    events(_ok({"reservations": [{"owner": "m1/a", "target": "standby1"}]}, "localhost"))
+    assert [c[0] for c in calls] == ["checkpointing", "target_reserved"]
+    assert calls[0][1]["workloads"] == ["a"]
+    assert set(actions.STEP_STATES) >= {"checkpointing", "checkpointed", "transferred", "started"}
+
+
 def test_a_wave_routes_each_result_to_its_own_migration():
     calls: dict[str, list] = {"m1": [], "m2": []}
     events = actions.MigrationEvents(routes={m: (lambda state, m=m, **kw: calls[m].append(state)) for m in calls})

@@ -28,11 +28,14 @@ RUN_MARKER = "SPOT_MIGRATION_RUN"
 # migration_target carries ``migration: {id, step, workloads}``, the joint reservation ``reservations`` (owners
 # ``<migration id>/<workload>``). The watcher follows those, never task or play names (people rename them).
 STEP_STATES: dict[str, tuple[str, ...]] = {
+    "checkpointing": ("checkpointing",),   # asked, not waited for: the reservation comes while they are written
     "checkpointed": ("checkpointing", "checkpointed"),
     "transferred": ("transferring",),
     "transfer_failed": ("transferring",),
     "started": ("verified", "resuming"),
 }
+
+
 def kill_marked(marker: str, exclude: int | None = None) -> list[int]:
     """SIGKILL every process whose environment carries ``SPOT_MIGRATION_RUN=<marker>`` (or a wave's
     ``SPOT_MIGRATION_RUN=<id>,<id>,...`` with the marker among them): the remains of a run whose watcher died.
@@ -201,9 +204,10 @@ class MigrationEvents:
     def _step(self, migration: dict) -> None:
         rows = migration.get("workloads") or {}
         step = migration["step"]
-        if step == "checkpointed":
+        if step in ("checkpointing", "checkpointed"):
             self._advance(migration["id"], "checkpointing", detail="workloads", workloads=sorted(rows))
-            self._advance(migration["id"], "checkpointed", detail="emergency checkpoints")
+            if step == "checkpointed":
+                self._advance(migration["id"], "checkpointed", detail="emergency checkpoints")
             return
         if step in ("transferred", "transfer_failed"):
             steps = {n: r["step"] for n, r in rows.items() if r.get("step") is not None}
