@@ -197,7 +197,7 @@ error:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.spot.migration.plugins.module_utils._common import fail_on_exception
-from ansible_collections.spot.migration.plugins.module_utils._http import ansible_fetch
+from ansible_collections.spot.migration.plugins.module_utils._http import module_fetch
 from ansible_collections.spot.migration.plugins.module_utils._metadata import check_notice
 from ansible_collections.spot.migration.plugins.module_utils._notice import DEFAULT_EVICTING_KINDS
 
@@ -218,7 +218,7 @@ def main():
         supports_check_mode=True,
     )
     with fail_on_exception(module):
-        notice = check_notice(ansible_fetch, module.params)
+        notice = check_notice(module_fetch, module.params)
     module.exit_json(changed=False, **notice)
 
 

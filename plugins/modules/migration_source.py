@@ -236,7 +236,7 @@ errors:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.spot.migration.plugins.module_utils._common import command_runner, fail_on_exception
-from ansible_collections.spot.migration.plugins.module_utils._http import ansible_fetch
+from ansible_collections.spot.migration.plugins.module_utils._http import module_fetch
 from ansible_collections.spot.migration.plugins.module_utils._metadata import check_notice
 from ansible_collections.spot.migration.plugins.module_utils._migration import (
     MigrationError, drivers, source_checkpoint, source_cleanup, source_release, source_restart, source_transfer)
@@ -285,7 +285,7 @@ def main():
         if p['step'] == 'checkpoint':
             deadline = p['deadline']
             if deadline is None:
-                notice = check_notice(ansible_fetch, {'provider': p['provider'], 'metadata_url': p['metadata_url'],
+                notice = check_notice(module_fetch, {'provider': p['provider'], 'metadata_url': p['metadata_url'],
                                                       'fail_on_error': False, 'timeout': 3.0})
                 deadline = notice.get('seconds_left')
                 if deadline is None:

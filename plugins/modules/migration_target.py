@@ -174,7 +174,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.spot.migration.plugins.module_utils._common import command_runner, fail_on_exception
 from ansible_collections.spot.migration.plugins.module_utils._gpu import create_backend
-from ansible_collections.spot.migration.plugins.module_utils._http import ansible_fetch
+from ansible_collections.spot.migration.plugins.module_utils._http import module_fetch
 from ansible_collections.spot.migration.plugins.module_utils._metadata import check_notice
 from ansible_collections.spot.migration.plugins.module_utils._migration import MigrationError, list_images, target_describe
 from ansible_collections.spot.migration.plugins.module_utils._migration import target_place, target_progress
@@ -208,7 +208,7 @@ def main():
             result = target_describe(
                 p['target'], p['lifecycle'],
                 lambda: create_backend('auto', command_runner(module), which=module.get_bin_path),
-                (lambda: check_notice(ansible_fetch, notice_params)) if p['check_notice'] else None,
+                (lambda: check_notice(module_fetch, notice_params)) if p['check_notice'] else None,
                 (lambda: list_images(command_runner(module), [p['container_cli']] if p['container_cli'] else
                                      [module.get_bin_path('podman'), module.get_bin_path('docker')]))
                 if p['list_images'] else None)

@@ -181,3 +181,14 @@ def test_a_client_that_hangs_up_mid_body_leaves_no_traceback(server, capfd):
     time.sleep(0.3)
     assert post(server, json.dumps({"type": "heartbeat", "node": "n"}).encode()).status_code == 202
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_modules_fetch_plain_http_without_ansibles_ssl_context(monkeypatch):
+    """Metadata services speak plain HTTP: modules take the standard library for http:// (ansible's open_url loads
+    the CA bundle on every request) and keep ansible's certificate handling for https://."""
+    calls = []
+    monkeypatch.setattr(_http, "urllib_fetch", lambda *a, **k: calls.append(("urllib", a[1])) or "u")
+    monkeypatch.setattr(_http, "ansible_fetch", lambda *a, **k: calls.append(("ansible", a[1])) or "a")
+    assert _http.module_fetch("GET", "http://127.0.0.1:9/latest/meta-data/", {}, 1.0) == "u"
+    assert _http.module_fetch("PUT", "HTTPS://metadata.example/token", {}, 1.0, b"") == "a"
+    assert calls == [("urllib", "http://127.0.0.1:9/latest/meta-data/"), ("ansible", "HTTPS://metadata.example/token")]
