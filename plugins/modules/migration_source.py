@@ -17,7 +17,7 @@ description:
   - V(checkpoint) lists the workloads to move and asks every running one for an emergency checkpoint at the same time,
     within O(deadline) minus O(safety_margin) seconds. Nothing is stopped, so a migration that finds no target leaves
     the job running. With O(wait=false) it returns as soon as they are asked (C(migration.step=checkpointing)) and
-    V(release) waits for each checkpoint, until the same deadline: the targets are chosen and reserved while the
+    V(release) waits for each checkpoint, until the same deadline, so the targets are chosen and reserved while the
     checkpoints are being written.
   - V(release) stops each workload in O(assignments), takes its newest complete checkpoint (the emergency one when it
     came in time), seals it with a sha256 manifest and, for O(transfer=rsync), pushes it into the target's staging
@@ -286,7 +286,7 @@ def main():
             deadline = p['deadline']
             if deadline is None:
                 notice = check_notice(module_fetch, {'provider': p['provider'], 'metadata_url': p['metadata_url'],
-                                                      'fail_on_error': False, 'timeout': 3.0})
+                                                     'fail_on_error': False, 'timeout': 3.0})
                 deadline = notice.get('seconds_left')
                 if deadline is None:
                     deadline = p['default_deadline']
