@@ -330,7 +330,7 @@ def status_cmd(config_path: Path | None, inventory: str | None, state_dir: str |
         hosts = sorted(set(spot) | set(groups.get("standby", [])))
         acts = actions_mod.Actions(config.inventory, Path(config.state_dir) / "runs", log=lambda *_: None)
         workloads = actions_mod.locate(acts, f"status-{time.monotonic_ns()}", hosts)
-    data = views.status_data(ledger, spot, config.heartbeat_timeout, workloads)
+    data = views.status_data(ledger, spot, config.heartbeat_timeout, workloads, config.warnings)
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return

@@ -140,6 +140,24 @@ def test_evicting_nodes_are_the_recent_evicting_notices(path):
     assert ledger.evicting_nodes() == ["node2"]
 
 
+def test_nodes_at_risk_are_the_recent_warnings_of_the_kinds_asked_for(path):
+    clock = Clock()
+    ledger = Ledger(path, clock=clock)
+    warning = dict(NOTICE, kind="rebalance", evicting=False)
+    ledger.record_notice("node1", dict(warning, notice_id="aws-r1"), "push", clock.now - 4000)  # older than the hold
+    ledger.record_notice("node2", dict(warning, notice_id="aws-r2"), "sweep", clock.now - 10)
+    ledger.record_notice("node3", dict(warning, notice_id="gcp-m3", provider="gcp", kind="maintenance"), "push",
+                         clock.now - 5)
+    ledger.record_notice("node4", NOTICE, "push", clock.now)  # an eviction is not a warning
+    assert ledger.at_risk(["rebalance", "maintenance"], 3600) == {
+        "node2": {"notice_id": "aws-r2", "kind": "rebalance", "provider": "aws", "since": clock.now - 10},
+        "node3": {"notice_id": "gcp-m3", "kind": "maintenance", "provider": "gcp", "since": clock.now - 5}}
+    assert list(ledger.at_risk(["maintenance"], 3600)) == ["node3"]
+    assert ledger.at_risk([], 3600) == {}
+    clock.now += 3600
+    assert ledger.at_risk(["rebalance", "maintenance"], 3600) == {}
+
+
 def test_nonces_and_alerts_survive_a_restart(path):
     clock = Clock()
     ledger = Ledger(path, clock=clock)

@@ -48,6 +48,10 @@ def test_defaults_work_on_the_local_fleet(tmp_path, monkeypatch):
     ("replication: {keep: 0}", "replication.keep is 0"),
     ("replication: {interval: -1}", "replication.interval is -1"),
     ("controller: {url: awx.example.com}", "controller.url is 'awx.example.com'"),
+    ("warnings: {kinds: [reboot]}", "warnings.kinds[0] is 'reboot'; it must be rebalance or maintenance"),
+    ("warnings: {kinds: rebalance}", "warnings.kinds is 'rebalance'; it must be a list of rebalance"),
+    ("warnings: {hold: 0}", "warnings.hold is 0"),
+    ('warnings: {migrate: "yes"}', "warnings.migrate is 'yes'; it must be migrate on a warning"),
 ])
 def test_bad_settings_are_named(tmp_path, text, message):
     path = tmp_path / "watch.yml"

@@ -101,3 +101,69 @@ def test_reported_replicas_are_recorded_once_and_old_plans_ignored(replicator):
     row = next(w for w in replicator.ledger.workloads() if w["name"] == "job")
     assert row["replica_step"] == 800 and row["source_step"] == 1600 and "rsync exit 12" in row["error"]
     assert sum("rsync exit 12" in line for line in replicator.logged) == 1
+
+
+class Plays:
+    """Stands in for the watcher's ansible-runner (``Actions.run``): records what a round runs, answers nothing."""
+
+    def __init__(self):
+        self.runs = []
+
+    def run(self, name, plays, extravars=None, on_event=None, forks=None, control_dir=None):
+        self.runs.append((name, [p["name"] for p in plays] if isinstance(plays, list) else plays))
+        return 1, None
+
+
+def scans(rep):
+    """The plays of each run that asked the nodes what runs and which GPUs are free."""
+    return [plays for name, plays in rep.actions.runs if name.startswith("replicate-scan-")]
+
+
+REBALANCE = {"notice_id": "aws-rebalance-node1", "provider": "aws", "kind": "rebalance", "evicting": False,
+             "deadline": None}
+
+
+def test_an_early_warning_brings_the_next_round_forward_with_a_fresh_look(replicator):
+    replicator.actions = Plays()
+    replicator.capacity = {"standby1": {"host": "standby1", "free_gpus": [0, 1],
+                                        "gpus": [{"index": 0, "memory_free_mb": 80000}, {"index": 1, "memory_free_mb": 80000}],
+                                        "lifecycle": "on-demand", "evicting": False, "blind": False, "error": None}}
+    replicator.rounds = 1  # mid-cycle: a plain round asks the nodes nothing (capacity_every rounds)
+    replicator.round_once()
+    assert scans(replicator) == [] and replicator.last_round["prestaged"] == []
+    replicator.config.interval = 600.0
+    started = time.monotonic()
+    waiter = threading.Thread(target=lambda: replicator._due() and replicator.round_once())
+    waiter.start()
+    replicator.prestage("node1", "aws-rebalance-node1")
+    waiter.join(10)
+    assert not waiter.is_alive() and time.monotonic() - started < 5, "the round did not come at once"
+    # What runs on the node at risk and the GPUs everywhere, asked now; the node is taken once.
+    assert scans(replicator) == [["Workloads", "Capacity"]]
+    assert replicator.last_round["prestaged"] == ["node1"] and replicator.urgent == {}
+    assert any("pre-staging for node1 (at risk)" in line for line in replicator.logged)
+
+
+def test_an_urgent_node_waits_for_migrations_in_flight_and_is_not_forgotten(replicator):
+    replicator.actions = Plays()
+    replicator.busy = lambda: True
+    replicator.prestage("node1", "aws-rebalance-node1")
+    assert replicator.round_once() == {"skipped": "migrations in flight", "at": replicator.last_round["at"]}
+    assert replicator.urgent == {"node1": "aws-rebalance-node1"} and replicator.actions.runs == []
+    replicator.busy = lambda: False
+    replicator.round_once()
+    assert replicator.last_round["prestaged"] == ["node1"]
+
+
+def test_a_node_at_risk_is_never_made_the_next_target(replicator):
+    free = {"free_gpus": [0], "gpus": [{"index": 0, "memory_free_mb": 80000}], "evicting": False, "blind": False, "error": None}
+    replicator.capacity = {"node2": dict(free, host="node2", lifecycle="spot")}
+    replicator.ledger.set_replica("job", None)
+    replicator.ledger.record_notice("node2", dict(REBALANCE, notice_id="aws-rebalance-node2"), "push", time.time())
+    plan_items = replicator._assign_and_plan()
+    assert "job" not in [i["workload"] for i in plan_items]
+    assert any("no replica node for job" in line for line in replicator.logged)
+    # The warning over (older than warnings.hold): node2 may hold the replica again.
+    replicator.watch_config.warnings.hold = 0.001
+    time.sleep(0.01)
+    assert [i["replica"] for i in replicator._assign_and_plan() if i["workload"] == "job"] == ["node2"]

@@ -88,6 +88,8 @@ class Watcher:
         self.intake = Intake(config, self.ledger, self.groups, self.metrics, self.alerter, secret,
                              wake=self.scheduler.kick.set, on_node_back=self.lost.node_back,
                              crash_if=self.runner.crash_if, log=self.log, replicator=self.replicator)
+        warnings = config.warnings
+        self.metrics.at_risk.set_function(lambda: len(self.ledger.at_risk(warnings.kinds, warnings.hold)))
         self.sweeper = Sweeper(config, self.ledger, self.groups, self.actions, self.metrics, self.intake, self.lost,
                                self.scheduler.stopping, self.log)
         signing = self.intake.signing

@@ -72,6 +72,16 @@ class LostConfig:
 
 
 @dataclass
+class WarningsConfig:
+    # Early warnings: a node at risk, not taken away yet (AWS rebalance recommendations, GCP and Azure maintenance
+    # events, Azure Freeze). Evictions never wait for them; they only get ready.
+    kinds: list[str] = field(default_factory=lambda: ["rebalance", "maintenance"])
+    prestage: bool = True           # a replication round at once (newest checkpoint copied, a target reserved)
+    migrate: bool = False           # true: migrate on a warning as on an eviction notice
+    hold: float = 3600.0            # seconds a node stays "at risk" after its warning was noticed
+
+
+@dataclass
 class ControllerConfig:
     url: str = ""                   # set: migrations run as AWX / Automation Controller jobs instead of ansible-runner
     job_template: str = "spot-migration migrate"   # name or id of the migrate job template
@@ -102,6 +112,7 @@ class WatchConfig:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     lost: LostConfig = field(default_factory=LostConfig)
+    warnings: WarningsConfig = field(default_factory=WarningsConfig)
 
     @property
     def ledger_path(self) -> Path:
@@ -145,7 +156,7 @@ class WatchConfig:
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "data" / "watch-config.schema.json"
 SECTIONS = {"sweep": SweepConfig, "migrate": MigrateConfig, "alerts": AlertConfig, "controller": ControllerConfig,
-            "replication": ReplicationConfig, "lost": LostConfig}
+            "replication": ReplicationConfig, "lost": LostConfig, "warnings": WarningsConfig}
 
 
 def schema() -> dict[str, Any]:

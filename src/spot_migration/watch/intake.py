@@ -104,7 +104,11 @@ class Intake:
             self.metrics.detection.labels(via).observe(max(0.0, received - (detected_at or received)))
             self.log(f"notice {notice['notice_id']} from {node} via {via}: {notice.get('provider')} {notice.get('kind')}"
                      f" (evicting: {notice.get('evicting')}, deadline {notice.get('deadline')})")
-        if notice.get("evicting") and node in self.groups.get("spot", []) and not migration_id:
+        warning = not notice.get("evicting") and notice.get("kind") in self.config.warnings.kinds
+        if warning and new and node in self.groups.get("spot", []):
+            self.warned(node, notice)
+        moves = notice.get("evicting") or (warning and self.config.warnings.migrate)
+        if moves and node in self.groups.get("spot", []) and not migration_id:
             if not self.config.migrate.enabled:
                 if new:
                     self.alerter.alert(f"notice:{notice['notice_id']}", f"{node} is being taken away ({notice.get('kind')},"
@@ -113,7 +117,27 @@ class Intake:
                 return {"accepted": True, "duplicate": not new, "migration_id": None}
             created, migration_id = self.ledger.open_migration(notice["notice_id"], node, detected_at or received, received)
             if created:
-                self.log(f"migration {migration_id}: {node} is being taken away; moving its workloads")
+                self.log(f"migration {migration_id}: {node} is being taken away; moving its workloads" if
+                         notice.get("evicting") else f"migration {migration_id}: {node} is at risk "
+                         f"({notice.get('kind')}) and warnings.migrate is on; moving its workloads")
                 self.crash_if("noticed")
                 self.wake()
         return {"accepted": True, "duplicate": not new, "migration_id": migration_id}
+
+    def warned(self, node: str, notice: dict) -> None:
+        """An early warning for ``node`` (first delivery): get ready - a replication round at once, which copies the
+        newest checkpoints and keeps a target reserved for each workload - and say so; no migration unless
+        ``warnings.migrate``."""
+        w = self.config.warnings
+        what = f"{node} is at risk ({notice.get('provider')} {notice.get('kind')}, notice {notice['notice_id']}): "
+        if w.migrate:
+            what += "migrating its workloads (warnings.migrate)"
+        elif w.prestage and self.replicator is not None:
+            self.replicator.prestage(node, notice["notice_id"])
+            what += "replicating its newest checkpoints now, a target reserved for each workload; no migration"
+        elif w.prestage:
+            what += "nothing to pre-stage with replication off (replication.enabled: false); no migration"
+        else:
+            what += "no migration, nothing pre-staged (warnings.prestage: false)"
+        self.alerter.alert(f"warning:{notice['notice_id']}", what, node=node, notice_id=notice["notice_id"],
+                           kind="at_risk")

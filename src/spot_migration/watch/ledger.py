@@ -148,6 +148,18 @@ class Ledger:
                                   (self.clock() - within,))
         return sorted(r["node"] for r in rows.fetchall())
 
+    def at_risk(self, kinds: list[str] | tuple[str, ...], within: float) -> dict[str, dict]:
+        """Nodes with an early warning (a notice of one of ``kinds`` that does not take the node away) noticed in the
+        last ``within`` seconds: ``{node: {notice_id, kind, provider, since}}``, the newest warning per node."""
+        if not kinds:
+            return {}
+        marks = ",".join("?" for _ in kinds)
+        rows = self._db().execute(
+            f"SELECT node, notice_id, kind, provider, detected_at FROM notices WHERE evicting = 0 AND kind IN ({marks})"
+            " AND detected_at >= ? ORDER BY detected_at", (*kinds, self.clock() - within)).fetchall()
+        return {r["node"]: {"notice_id": r["notice_id"], "kind": r["kind"], "provider": r["provider"],
+                            "since": r["detected_at"]} for r in rows}
+
     def signalled_at(self, notice_id: str | None) -> float | None:
         """When the node's agent asked the workloads to checkpoint for this notice (None: it did not say)."""
         row = self._db().execute("SELECT signalled_at FROM notices WHERE notice_id = ?", (notice_id,)).fetchone()

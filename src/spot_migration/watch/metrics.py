@@ -50,6 +50,8 @@ class Metrics:
         self.replica_lag_seconds = Gauge("spot_replica_lag_seconds",
                                          "Age of the replica against the newest checkpoint on the source", ["workload"],
                                          registry=r)
+        self.at_risk = Gauge("spot_at_risk_nodes", "Nodes with an early warning (rebalance recommendation, maintenance "
+                             "event) within warnings.hold: not taken away, but at risk", registry=r)
         self.lost = Gauge("spot_lost_nodes", "Nodes declared lost (no notice, unreachable past the grace period)",
                           registry=r)
         self.transfer_bytes = Counter("spot_transfer_bytes", "Checkpoint bytes moved to a target", ["kind"], registry=r)

@@ -77,6 +77,22 @@ class Replicator:
         # SSH connections kept open between rounds (ControlPersist): a round every few seconds must not pay for
         # new connections each time. A short path: socket paths are limited to 108 bytes.
         self.control_dir = tempfile.mkdtemp(prefix="spot-rep-")
+        # Nodes with an early warning whose workloads get a round at once (prestage), node -> notice id.
+        self.urgent: dict[str, str] = {}
+        self.kick = threading.Event()
+        self._lock = threading.Lock()
+
+    def prestage(self, node: str, notice_id: str) -> None:
+        """``node`` is at risk (an early warning): a round at once rather than at the next interval, with a fresh
+        look at what runs there and the candidates' GPUs, so each of its workloads has a reserved target and a copy
+        of its newest checkpoint there before any eviction notice comes."""
+        with self._lock:
+            self.urgent[node] = notice_id
+        self.kick.set()
+
+    def _at_risk(self) -> set[str]:
+        w = self.watch_config.warnings
+        return set(self.ledger.at_risk(w.kinds, w.hold))
 
     # ------------------------------------------------------------------ helpers
     def _healthy_spot(self) -> list[str]:
@@ -104,15 +120,19 @@ class Replicator:
         if self.busy():
             # Migrations in flight come first: a round would compete with them for the controller and the network.
             self.last_round = {"skipped": "migrations in flight", "at": time.time()}
-            return self.last_round
+            return self.last_round  # an urgent node stays urgent: the next round takes it
+        with self._lock:
+            urgent, self.urgent = dict(self.urgent), {}
         self.rounds += 1
         sources = self._healthy_spot()
         known = {w["name"]: w for w in self.ledger.workloads()}
         every = max(1, int(self.config.capacity_every))
         # Asking the nodes what runs is a run of its own: every few rounds (a new workload waits that long for its
         # first replica), at once when the last round saw a failure (a workload may have ended or moved).
-        want_scan = self.rounds % every == 1 or every == 1 or not known or self.last_round.get("failed")
-        want_capacity = want_scan and (self.rounds % every == 1 or not self.capacity
+        # A node at risk: what runs there and the GPUs everywhere now, not in a few rounds.
+        want_scan = (self.rounds % every == 1 or every == 1 or not known or self.last_round.get("failed")
+                     or bool(urgent))
+        want_capacity = want_scan and (self.rounds % every == 1 or not self.capacity or bool(urgent)
                                        or any(not w["replica"] for w in known.values()))
         seen: dict[str, dict] = {}
         reached: set[str] = set()
@@ -146,6 +166,9 @@ class Replicator:
             if want_scan and name not in seen and row["node"] in reached:
                 self.ledger.workload_gone(name)
                 self.placement.release(self.reservations, OWNER.format(name))
+        if urgent:
+            self.log(f"pre-staging for {', '.join(sorted(urgent))} (at risk): "
+                     f"{', '.join(sorted(n for n, i in seen.items() if i['node'] in urgent)) or 'no workloads running'}")
         plan = self._hand_to_agents(self._assign_and_plan())
         done: list[dict] = []
         if plan:
@@ -172,13 +195,14 @@ class Replicator:
         self.metrics.set_replicas(self.ledger.workloads(), time.time())
         self.last_round = {"workloads": len(seen) if want_scan else len(known), "scanned": bool(want_scan),
                            "failed": any(r.get("error") for r in done),
-                           "replicated": sum(1 for r in done if r.get("replicated")),
+                           "replicated": sum(1 for r in done if r.get("replicated")), "prestaged": sorted(urgent),
                            "seconds": round(time.monotonic() - start, 2), "at": time.time()}
         return self.last_round
 
     def _assign_and_plan(self) -> list[dict]:
         lost = set(self.ledger.lost_nodes())
         evicting = set(self.ledger.evicting_nodes())
+        at_risk = self._at_risk()
         plan = []
         spot = set(self.groups.get(self.watch_config.sweep.group, []))
         for row in self.ledger.workloads():
@@ -192,10 +216,12 @@ class Replicator:
                 self.ledger.set_replica(row["name"], None)
                 replica = None
             if not replica:
-                candidates = [c for h, c in self.capacity.items() if h != row["node"]]
+                # Never a node at risk as the next target: the same capacity wave may take it too.
+                candidates = [c for h, c in self.capacity.items() if h != row["node"] and h not in at_risk]
                 try:
                     got = self.placement.reserve(self.reservations, owner, candidates, gpus=row["gpus"],
-                                                 exclude=[row["node"], *lost, *evicting], ttl=self.config.reservation_ttl)
+                                                 exclude=[row["node"], *lost, *evicting, *at_risk],
+                                                 ttl=self.config.reservation_ttl)
                 except self.placement.PlacementError as exc:
                     self.log(logs.warning(f"no replica node for {row['name']}: {exc}"))
                     continue
@@ -273,9 +299,19 @@ class Replicator:
         if event.get("replicas"):
             self.metrics.set_replicas(self.ledger.workloads(), time.time())
 
+    def _due(self) -> bool:
+        """Wait for the next round: ``replication.interval`` seconds, or less when a warning asks for one (prestage).
+        False when the watcher stops."""
+        end = time.monotonic() + float(self.config.interval)
+        while not self.stopping.wait(min(0.2, max(0.0, end - time.monotonic()))):
+            if self.kick.is_set() or time.monotonic() >= end:
+                self.kick.clear()
+                return True
+        return False
+
     def run_forever(self) -> None:
         try:
-            while not self.stopping.wait(float(self.config.interval)):
+            while self._due():
                 try:
                     self.round_once()
                 except Exception as exc:  # noqa: BLE001 - one bad round is reported, the next one tries again

@@ -24,9 +24,12 @@ def _when(epoch: float | None) -> str:
 
 
 def status_data(ledger: Ledger, spot_hosts: list[str], heartbeat_timeout: float,
-                workloads: dict[str, dict[str, bool] | None] | None = None) -> dict[str, Any]:
+                workloads: dict[str, dict[str, bool] | None] | None = None, warnings: Any = None) -> dict[str, Any]:
+    """What ``status`` shows; ``warnings``: the watcher's ``warnings`` settings (which notices make a node at risk,
+    and for how long)."""
     now = time.time()
     known = {n["node"]: n for n in ledger.nodes()}
+    at_risk = ledger.at_risk(warnings.kinds, warnings.hold) if warnings is not None else {}
     nodes = []
     health = ledger.health()
     for host in sorted(set(spot_hosts) | set(known)):
@@ -37,7 +40,8 @@ def status_data(ledger: Ledger, spot_hosts: list[str], heartbeat_timeout: float,
                       ("silent" if row.get("last_heartbeat_at") else "none"),
                       "blind": bool(row.get("blind")), "blind_since": row.get("blind_since"), "error": row.get("error"),
                       "lost_at": (health.get(host) or {}).get("lost_at"),
-                      "unreachable_since": (health.get(host) or {}).get("unreachable_since")})
+                      "unreachable_since": (health.get(host) or {}).get("unreachable_since"),
+                      "at_risk": at_risk.get(host)})
     replicas = []
     for w in ledger.workloads():
         lag_steps, lag_seconds = replica_lag(w, now)
@@ -59,6 +63,8 @@ def render_status(data: dict[str, Any], console: Console) -> None:
             state = f"[red]LOST {_age(n['lost_at'], now)}[/]"
         elif n.get("unreachable_since"):
             state += f" [yellow](unreachable {_age(n['unreachable_since'], now)})[/]"
+        if n.get("at_risk") and not n.get("lost_at"):
+            state += f" [yellow]AT RISK ({n['at_risk']['kind']} {_age(n['at_risk']['since'], now)})[/]"
         table.add_row(n["node"], state,
                       _age(n["last_heartbeat_at"], now), _age(n["last_probe_at"], now),
                       f"[red]blind {_age(n['blind_since'], now)}[/]" if n["blind"] else "readable",
