@@ -295,12 +295,20 @@ def _assert_no_secrets(fleet, watcher):
         needles += control.state(node.metadata_url).get("tokens", [])
     assert len(needles) > 1, "the AWS node issued no IMDSv2 token: the check would prove nothing"
     places = [watcher.state_dir] + [Path(n.paths["state"]) / "eviction-agent" / "state" for n in fleet.nodes]
+    checked = 0
     for place in places:
-        for path in Path(place).rglob("*"):
-            if path.is_file():
-                data = path.read_bytes()
+        # The watcher runs on: its sweep run dirs come and go while this walks (os.walk skips a vanished one).
+        for root, _dirs, files in os.walk(place):
+            for name in files:
+                path = Path(root) / name
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    continue
+                checked += 1
                 for needle in needles:
                     assert needle.encode() not in data, f"secret or token found in {path}"
+    assert checked, f"no file under {places}: the check would prove nothing"
 
 
 # Every state a migrate run goes through ("checkpointed" is only reached by a run that waits for the emergency
