@@ -17,14 +17,15 @@ description:
     were rejected.
   - Hosts that are excluded (the source), blind, or under an eviction notice of their own are rejected; so are hosts
     without enough free GPUs (with at least O(min_free_memory_mb) free each, not reserved by other migrations).
-  - The rest are ranked on-demand / standby first, then by most free GPU memory, then by name, so the same
-    inputs always give the same answer.
+  - The rest are ranked on-demand / standby first, candidates with C(at_risk) last of their kind, then by most free
+    GPU memory, then by name, so the same inputs always give the same answer.
 positional: gpus, min_free_memory_mb, exclude, reservations
 options:
   _input:
     description:
       - Candidates, each a dict with C(host), C(free_gpus) and C(gpus) (as M(spot.migration.gpu_info) returns them),
-        C(lifecycle) (C(on-demand), C(standby) or C(spot)), C(evicting) and C(blind).
+        C(lifecycle) (C(on-demand), C(standby) or C(spot)), C(evicting), C(blind) and C(at_risk) (an early warning,
+        an AWS rebalance recommendation, a GCP or Azure maintenance event).
     type: list
     elements: dict
     required: true

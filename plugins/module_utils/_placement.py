@@ -29,11 +29,12 @@ def rank_candidates(candidates, gpus=1, min_free_memory_mb=0, exclude=(), reserv
     """Rank hosts for a workload needing ``gpus`` GPUs with ``min_free_memory_mb`` free each.
 
     ``candidates``: list of dicts with ``host``, ``free_gpus`` (indices), ``gpus`` (gpu_info's list),
-    ``lifecycle`` (``on-demand``/``standby`` or ``spot``), ``evicting`` (bool), ``blind`` (bool).
+    ``lifecycle`` (``on-demand``/``standby`` or ``spot``), ``evicting`` (bool), ``blind`` (bool), ``at_risk``
+    (bool: the node has an early warning - a rebalance recommendation, a maintenance event - so it is taken last).
     ``reservations``: {host: [gpu indices held by other migrations]}.
 
     Returns ``(ranked, rejected)``: ranked dicts (best first) with ``host``, ``gpus`` (the indices to use),
-    ``lifecycle``, ``free_memory_mb``; rejected dicts with ``host`` and ``reason``. Ties are broken by
+    ``lifecycle``, ``at_risk``, ``free_memory_mb``; rejected dicts with ``host`` and ``reason``. Ties are broken by
     host name, so the same inputs always give the same answer.
     """
     reservations = reservations or {}
@@ -68,9 +69,11 @@ def rank_candidates(candidates, gpus=1, min_free_memory_mb=0, exclude=(), reserv
         free_memory = sum((by_index.get(i) or {}).get('memory_free_mb') or 0 for i in usable)
         lifecycle = cand.get('lifecycle') or 'spot'
         ranked.append({'host': host, 'gpus': chosen, 'lifecycle': lifecycle, 'free_memory_mb': free_memory,
-                       'free_gpus': len(usable)})
-    # On-demand / standby first (they are not taken away), then most free memory, then the name.
-    ranked.sort(key=lambda r: (0 if r['lifecycle'] in ('on-demand', 'standby') else 1, -r['free_memory_mb'], r['host']))
+                       'free_gpus': len(usable), 'at_risk': bool(cand.get('at_risk'))})
+    # On-demand / standby first (they are not taken away), nodes at risk last of their kind, then most free memory,
+    # then the name.
+    ranked.sort(key=lambda r: (0 if r['lifecycle'] in ('on-demand', 'standby') else 1, r['at_risk'],
+                               -r['free_memory_mb'], r['host']))
     return ranked, rejected
 
 

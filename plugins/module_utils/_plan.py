@@ -144,6 +144,8 @@ def plan(variables, groups, now=None):
         }
     exclude = _hosts(variables.get('exclude_hosts') or [], inventory | set(variables.get('exclude_hosts') or []),
                      'exclude_hosts')
+    # Nodes with an early warning (the watcher passes them): still candidates, asked and chosen last.
+    at_risk = _hosts(variables.get('at_risk_hosts') or [], inventory, 'at_risk_hosts')
     pool = list(groups.get('standby') or []) + list(groups.get('spot') or [])
     # Only the nodes that can be chosen are asked: the pinned target, or the targets a resumed run already holds.
     only = set([target] if target else [])
@@ -161,6 +163,8 @@ def plan(variables, groups, now=None):
     first = [h for h in candidates if h in preferred]
     if only or not first:
         first = list(candidates)
+    if not only and any(h not in at_risk for h in first):
+        first = [h for h in first if h not in at_risk]
     settings = {}
     for key, default in (('safety_margin', 5.0), ('default_deadline', 30.0), ('resume_timeout', 120.0)):
         value = _float(variables.get(key), key)
@@ -178,7 +182,7 @@ def plan(variables, groups, now=None):
     settings['alert_webhooks'] = [str(h) for h in hooks]
     out = {'sources': sources, 'by_source': by_source, 'candidates': candidates, 'first_candidates': first,
            'later_candidates': [h for h in candidates if h not in first], 'transfer': transfer,
-           'target': target, 'exclude': exclude, 'source_stop': source_stop}
+           'target': target, 'exclude': exclude, 'at_risk': at_risk, 'source_stop': source_stop}
     out.update(settings)
     return out
 
@@ -216,7 +220,7 @@ def candidates(the_plan, host_vars, groups, more=None):
         if not described or described.get('skipped'):
             continue
         if described.get('candidate'):
-            out.append(described['candidate'])
+            out.append(dict(described['candidate'], at_risk=host in (the_plan.get('at_risk') or [])))
             continue
         lifecycle = (host_vars.get(host) or {}).get('spot_lifecycle') or (
             'on-demand' if host in (groups.get('standby') or []) else 'spot')

@@ -115,6 +115,7 @@ ranked:
     lifecycle: {description: "C(on-demand), C(standby) or C(spot).", type: str}
     free_memory_mb: {description: Free memory of its usable GPUs together., type: int}
     free_gpus: {description: How many usable free GPUs it has., type: int}
+    at_risk: {description: "It had an early warning (ranked after the others of its kind).", type: bool}
 rejected:
   description: Every other host with the reason.
   returned: always

@@ -195,3 +195,23 @@ def test_a_moved_workload_is_found_where_it_runs_and_its_replica_forgotten(path)
     assert ledger.workload_moved("job", "node3") is False       # already there: nothing changes
     assert ledger.workload_moved("unknown", "node3") is False   # never listed: not invented
     assert [w["name"] for w in ledger.workloads(node="node3")] == ["job"]
+
+
+def test_the_runner_passes_the_nodes_at_risk_to_the_playbook_but_not_its_sources(path):
+    from spot_migration.watch.config import WatchConfig
+    from spot_migration.watch.runner import MigrationRunner
+
+    clock = Clock()
+    ledger = Ledger(path, clock=clock)
+    warning = dict(NOTICE, kind="rebalance", evicting=False)
+    for node in ("node1", "node2", "standby1"):
+        ledger.record_notice(node, dict(warning, notice_id=f"aws-r-{node}"), "push", clock.now - 5)
+    runner = object.__new__(MigrationRunner)  # only what _add_at_risk reads
+    runner.config, runner.ledger = WatchConfig(), ledger
+    extravars: dict = {}
+    runner._add_at_risk(extravars, {"node1"})
+    assert extravars == {"at_risk_hosts": ["node2", "standby1"]}
+    runner.config.warnings.kinds = []
+    quiet: dict = {}
+    runner._add_at_risk(quiet, set())
+    assert quiet == {}

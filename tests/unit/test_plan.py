@@ -44,6 +44,7 @@ def test_good_ids_pass(value):
     ({"source": "node1", "record_dir": "rel/dir"}, "must be an absolute path"),
     ({"source": ["node1", "node2"], "migration_id": "one"}, "a wave of 2 sources needs migrations"),
     ({"source": "node1", "migrations": {"node2": {}}}, "not among the sources"),
+    ({"source": "node1", "at_risk_hosts": ["ghost"]}, "at_risk_hosts ghost is not in the inventory"),
 ])
 def test_bad_variables_fail_naming_the_value(variables, message):
     with pytest.raises(mig.MigrationError) as caught:
@@ -58,6 +59,26 @@ def test_a_wave_is_planned_per_source_and_candidates_leave_every_source_out():
     assert plan["sources"] == ["node1", "node2"] and plan["candidates"] == ["standby1"]
     assert plan["by_source"]["node1"]["workloads"] == ["w0"] and plan["by_source"]["node2"]["workloads"] == ["w1", "w2"]
     assert [plan["by_source"][s]["id"] for s in plan["sources"]] == ["a", "b"]
+
+
+WIDE = {"all": ["node1", "node2", "node3", "standby1", "standby2"], "spot": ["node1", "node2", "node3"],
+        "standby": ["standby1", "standby2"]}
+
+
+def test_nodes_at_risk_are_asked_last_and_marked_for_the_ranking():
+    plan = plan_mod.plan({"source": "node1", "at_risk_hosts": ["standby1"]}, WIDE)
+    assert plan["at_risk"] == ["standby1"] and plan["first_candidates"] == ["standby2"]
+    assert plan["later_candidates"] == ["standby1", "node2", "node3"]
+    described = {h: {"migrate_described": {"candidate": {"host": h, "free_gpus": [0], "gpus": [{"index": 0}],
+                                                         "lifecycle": "on-demand"}}} for h in ("standby1", "standby2")}
+    marked = {c["host"]: c["at_risk"] for c in plan_mod.candidates(plan, described, WIDE)}
+    assert marked == {"standby1": True, "standby2": False}
+    # Every preferred node at risk: they are still asked first (the spot nodes are no safer), nothing is dropped.
+    both = plan_mod.plan({"source": "node1", "at_risk_hosts": ["standby1", "standby2"]}, WIDE)
+    assert both["first_candidates"] == ["standby1", "standby2"] and both["candidates"] == plan["candidates"]
+    # A pinned target is asked whatever its risk.
+    pinned = plan_mod.plan({"source": "node1", "target": "standby1", "at_risk_hosts": ["standby1"]}, WIDE)
+    assert pinned["first_candidates"] == ["standby1"]
 
 
 def test_staging_and_final_paths_must_resolve_under_their_roots(tmp_path):

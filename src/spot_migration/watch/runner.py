@@ -107,6 +107,14 @@ class MigrationRunner:
             values["signalled_at"] = signalled_at
         return values
 
+    def _add_at_risk(self, extravars: dict[str, Any], skip: set[str]) -> None:
+        """Nodes with an early warning (``warnings.kinds`` within ``warnings.hold``) go to the playbook as
+        ``at_risk_hosts``: still targets, but taken last; the sources and the excluded ones are left out."""
+        warnings = self.config.warnings
+        at_risk = sorted(n for n in self.ledger.at_risk(warnings.kinds, warnings.hold) if n not in skip)
+        if at_risk:
+            extravars["at_risk_hosts"] = at_risk
+
     def _run_wave(self, claimed: Claimed) -> None:
         """Fresh migrations (one or a wave of them) as one migrate run over all their sources: hosts in parallel, one
         joint reservation. Each migration advances its own ledger entry from the results that name it, gets its own
@@ -127,6 +135,7 @@ class MigrationRunner:
         doomed = [n for n in self.ledger.evicting_nodes() if n not in sources]
         if doomed:
             extravars["exclude_hosts"] = doomed
+        self._add_at_risk(extravars, set(sources) | set(doomed))
         if len(claimed) > 1:
             self.log(f"wave of {len(claimed)} migrations in one run: {', '.join(sorted(sources))}")
 
@@ -195,6 +204,7 @@ class MigrationRunner:
         doomed = [n for n in self.ledger.evicting_nodes() if n != m["source"]]
         if doomed:
             extravars["exclude_hosts"] = doomed
+        self._add_at_risk(extravars, {m["source"], *doomed})
         signalled_at = self.ledger.signalled_at(m["notice_id"])
         if signalled_at:
             extravars["signalled_at"] = signalled_at
