@@ -14,7 +14,7 @@ from __future__ import absolute_import, division, print_function
 import socket
 import threading
 
-from ._metadata import MAX_BODY_BYTES, Response, TransportError
+from ._metadata import MAX_BODY_BYTES, Response, TransportError, check_notice
 
 __metaclass__ = type
 
@@ -65,6 +65,11 @@ def _hang_up(handle):
             sock.shutdown(socket.SHUT_RDWR)
         except (OSError, socket.error):
             pass
+
+
+def eviction_info(params):
+    """``eviction_info``'s work, from its checked arguments: the module and its action plugin's lean run call this."""
+    return check_notice(module_fetch, params)
 
 
 def module_fetch(method, url, headers, timeout, data=None):

@@ -406,6 +406,22 @@ def make_probe(fetch, provider='auto', metadata_url=None, timeout=5.0, imds_vers
     return PROBES[provider](fetch, metadata_url, timeout=timeout, evicting_kinds=evicting_kinds, **extra)
 
 
+# eviction_info's arguments: the module checks them on the node, its action plugin on the controller.
+EVICTION_INFO_SPEC = dict(
+    argument_spec=dict(
+        provider=dict(type='str', default='auto', choices=['auto', 'aws', 'gcp', 'azure']),
+        metadata_url=dict(type='str'),
+        timeout=dict(type='float', default=5.0),
+        imds_version=dict(type='str', default='auto', choices=['auto', 'v2', 'v1']),
+        wait=dict(type='float', default=0.0),
+        poll_interval=dict(type='float', default=1.0),
+        fail_on_error=dict(type='bool', default=True),
+        evicting_kinds=dict(type='list', elements='str', default=list(DEFAULT_EVICTING_KINDS),
+                            choices=['spot_interruption', 'preempt', 'terminate', 'rebalance', 'maintenance']),
+    ),
+)
+
+
 def check_notice(fetch, params, monotonic=time.monotonic):
     """Run one ``eviction_info`` check from module-style parameters.
 

@@ -67,6 +67,12 @@ options:
     default: [spot_interruption, preempt, terminate]
 notes:
   - Production defaults are C(http://169.254.169.254) (AWS, Azure) and C(http://metadata.google.internal) (GCP).
+  - The arguments are checked on the controller and the probe, which needs only Python's standard library on the node,
+    runs there in C(python -I -S) without the AnsiballZ wrapper (one SSH round trip, as with pipelining; about a
+    quarter of the CPU a module run costs the node, which is what a sweep over many nodes waits for). It runs as an
+    ordinary module instead for an C(https://) O(metadata_url), an async task, a task or play C(environment), privilege
+    escalation without pipelining, before the node's Python has been discovered, or when the host variable
+    C(spot_lean_modules) is false. The result is the same either way.
 seealso:
   - name: AWS Spot Instance interruption notices
     description: The instance-action document and its two-minute warning.
@@ -197,28 +203,14 @@ error:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.spot.migration.plugins.module_utils._common import fail_on_exception
-from ansible_collections.spot.migration.plugins.module_utils._http import module_fetch
-from ansible_collections.spot.migration.plugins.module_utils._metadata import check_notice
-from ansible_collections.spot.migration.plugins.module_utils._notice import DEFAULT_EVICTING_KINDS
+from ansible_collections.spot.migration.plugins.module_utils._http import eviction_info
+from ansible_collections.spot.migration.plugins.module_utils._metadata import EVICTION_INFO_SPEC
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            provider=dict(type='str', default='auto', choices=['auto', 'aws', 'gcp', 'azure']),
-            metadata_url=dict(type='str'),
-            timeout=dict(type='float', default=5.0),
-            imds_version=dict(type='str', default='auto', choices=['auto', 'v2', 'v1']),
-            wait=dict(type='float', default=0.0),
-            poll_interval=dict(type='float', default=1.0),
-            fail_on_error=dict(type='bool', default=True),
-            evicting_kinds=dict(type='list', elements='str', default=list(DEFAULT_EVICTING_KINDS),
-                                choices=['spot_interruption', 'preempt', 'terminate', 'rebalance', 'maintenance']),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(supports_check_mode=True, **EVICTION_INFO_SPEC)
     with fail_on_exception(module):
-        notice = check_notice(module_fetch, module.params)
+        notice = eviction_info(module.params)
     module.exit_json(changed=False, **notice)
 
 

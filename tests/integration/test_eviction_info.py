@@ -254,3 +254,28 @@ def test_probe_playbook_reports_each_host(metadata_sim, run_playbook):
     assert "EVICTING: gcp preempt (stop)" in out
     assert "blind: " in out
     assert "1 evicting, 1 blind, 3 probed" in out
+
+
+def test_lean_by_default_the_module_when_asked_and_the_same_answer(metadata_sim, run_playbook, tmp_path):
+    sim = metadata_sim("azure")
+    httpx.post(sim.url + "/_sim/notice", json={"kind": "preempt"})
+    probe = {"spot.migration.eviction_info": {"provider": "azure", "metadata_url": sim.url}}
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+        dict(probe, register="lean"),
+        dict(probe, register="module", vars={"spot_lean_modules": False}),
+        {"ansible.builtin.copy": {"content": "{{ [lean, module] | to_json }}", "dest": str(tmp_path / "r.json")}},
+    ]}]
+    (tmp_path / "play.yml").write_text(json.dumps(play))
+    result = run_playbook(tmp_path / "play.yml", args=["-vvv"])
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.stdout.count("spot.migration.eviction_info runs lean") == 1, result.stdout[-3000:]
+    lean, module = json.loads((tmp_path / "r.json").read_text())
+    volatile = ("checked_at", "elapsed", "seconds_left", "invocation", "raw")
+
+    def steady(value):
+        if isinstance(value, dict):
+            return {k: steady(v) for k, v in value.items() if k not in volatile}
+        return [steady(v) for v in value] if isinstance(value, list) else value
+
+    assert steady(lean) == steady(module)
+    assert lean["evicting"] is True and lean["notice_id"] == module["notice_id"]
