@@ -2,13 +2,14 @@
 # Copyright (c) spot.migration contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""migration_source runs as its module; a long transfer shows its progress in the play output meanwhile.
+"""migration_source runs lean on the node (see plugin_utils/_lean.py); a long transfer shows its progress in the
+play output meanwhile.
 
-For ``step=release`` with rsync the module writes its transfer's progress to a file on the source (its
-``progress_file``). The module runs exactly as it would without this plugin (one SSH round trip); only when it has
+For ``step=release`` with rsync the step writes its transfer's progress to a file on the source (its
+``progress_file``). The step runs exactly as it would without the progress (one SSH round trip); only when it has
 run longer than ``spot_transfer_progress_after`` seconds does this plugin read that file, over the same kept-open
 SSH connection, every ``spot_transfer_progress_every`` seconds, and print one line per read. A transfer that is over
-sooner costs nothing more.
+sooner costs nothing more. An ``https://`` metadata URL runs the module instead (ansible's certificate handling).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -20,8 +21,10 @@ import shlex
 import threading
 import uuid
 
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
+
+from ansible_collections.spot.migration.plugins.module_utils._steps import SOURCE_SPEC
+from ansible_collections.spot.migration.plugins.plugin_utils._lean import LeanAction
 
 display = Display()
 
@@ -35,11 +38,16 @@ def progress_line(host, data):
     return '%s: %s %.0f/%.0f MiB (%s%%, %s)' % values
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(LeanAction):
+    SPEC = SOURCE_SPEC
+    ENTRY = ('_steps', 'lean_source_step')
+    CHECK_MODE = True
+
+    def use_module(self, params):
+        return str(params.get('metadata_url') or '').lower().startswith('https:')
 
     def run(self, tmp=None, task_vars=None):
-        result = super(ActionModule, self).run(tmp, task_vars)
+        result = super(LeanAction, self).run(tmp, task_vars)  # ActionBase's; self.execute runs the step
         task_vars = task_vars or {}
         args = dict(self._task.args)
         after = float(task_vars.get('spot_transfer_progress_after', 5.0))
@@ -48,8 +56,7 @@ class ActionModule(ActionBase):
         watch = rsync_release and not (self._task.check_mode or args.get('progress_file') or self._task.async_val)
         watch = watch and after >= 0
         if not watch:
-            result.update(self._execute_module(module_name='spot.migration.migration_source', module_args=args,
-                                               task_vars=task_vars))
+            result.update(self.execute(args, task_vars))
             return result
         # A name only this run knows, in the node's /tmp; the module writes it atomically and removes it.
         path = '/tmp/.spot-migration-progress-%s.json' % uuid.uuid4().hex
@@ -58,8 +65,7 @@ class ActionModule(ActionBase):
 
         def execute():
             try:
-                box['result'] = self._execute_module(module_name='spot.migration.migration_source', module_args=args,
-                                                     task_vars=task_vars)
+                box['result'] = self.execute(args, task_vars)
             except Exception as exc:  # noqa: BLE001 - raised again in the task's own thread below
                 box['error'] = exc
 

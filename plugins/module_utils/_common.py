@@ -100,3 +100,49 @@ def log_line(epoch, message, log_format='text', level=None, logger='spot_migrati
     if log_format == 'json':
         return json.dumps({'time': stamp, 'level': level, 'logger': logger, 'message': str(message)})
     return '%s %-7s %s' % (stamp, level, message)
+
+
+class Node(object):
+    """What a step needs of the node it runs on, whoever runs it (a module, the lean run of its action plugin, the
+    agent): ``run(argv, data=None) -> (rc, stdout, stderr)``, ``which(name) -> path or None``, ``warn(message)``,
+    ``check_mode``."""
+
+    def __init__(self, run, which, warn, check_mode=False):
+        self.run, self.which, self.warn, self.check_mode = run, which, warn, bool(check_mode)
+        self.warnings = []
+
+
+def module_node(module):
+    """The Node of a module: its run_command (command_runner), get_bin_path, warn and check mode."""
+    return Node(command_runner(module), module.get_bin_path, module.warn, module.check_mode)
+
+
+SBIN = ('/sbin', '/usr/sbin', '/usr/local/sbin')
+
+
+def stdlib_node(check_mode=False):
+    """A Node in the standard library alone, the same behaviour as module_node: argv lists with ``LC_ALL=C``, never
+    a shell, standard input closed unless ``data`` is given; ``which`` also looks in the sbin directories; warnings
+    kept in ``node.warnings`` for the result."""
+    import shutil
+    import subprocess
+
+    def run(argv, data=None):
+        argv = [str(a) for a in argv]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=dict(os.environ, LC_ALL='C', LANG='C'))
+        except OSError as exc:
+            raise SpotMigrationError('%s could not be run: %s' % (argv[0], exc), cmd=argv, rc=getattr(exc, 'errno', 2))
+        data = data if not data or data.endswith('\n') else data + '\n'
+        out, err = proc.communicate(data.encode('utf-8') if data else None)
+        return proc.returncode, out.decode('utf-8', 'replace'), err.decode('utf-8', 'replace')
+
+    def which(name):
+        path = os.pathsep.join([os.environ.get('PATH', '')] + [d for d in SBIN if os.path.isdir(d)])
+        return shutil.which(name, path=path)
+
+    node = Node(run, which, None, check_mode)
+    node.warn = node.warnings.append
+    return node

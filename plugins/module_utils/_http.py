@@ -67,7 +67,7 @@ def _hang_up(handle):
             pass
 
 
-def eviction_info(params):
+def eviction_info(params, check_mode=False):
     """``eviction_info``'s work, from its checked arguments: the module and its action plugin's lean run call this."""
     return check_notice(module_fetch, params)
 

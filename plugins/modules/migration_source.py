@@ -157,6 +157,12 @@ options:
   container_cli:
     description: Path of the container CLI, when not on PATH.
     type: path
+notes:
+  - The arguments are checked on the controller and the step, which needs only Python's standard library on the node,
+    runs there in C(python -I -S) without the AnsiballZ wrapper (one SSH round trip, as with pipelining). It runs as
+    an ordinary module instead for an C(https://) O(metadata_url), an async task, a task or play C(environment),
+    privilege escalation without pipelining, before the node's Python has been discovered, or when the host variable
+    C(spot_lean_modules) is false. The result is the same either way.
 '''
 
 EXAMPLES = r'''
@@ -235,72 +241,16 @@ errors:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.spot.migration.plugins.module_utils._common import command_runner, fail_on_exception
-from ansible_collections.spot.migration.plugins.module_utils._http import module_fetch
-from ansible_collections.spot.migration.plugins.module_utils._metadata import check_notice
-from ansible_collections.spot.migration.plugins.module_utils._migration import (
-    MigrationError, drivers, source_checkpoint, source_cleanup, source_release, source_restart, source_transfer)
-from ansible_collections.spot.migration.plugins.module_utils._transfer import PREFERRED_CIPHERS, TransferError
+from ansible_collections.spot.migration.plugins.module_utils._common import fail_on_exception, module_node
+from ansible_collections.spot.migration.plugins.module_utils._migration import MigrationError
+from ansible_collections.spot.migration.plugins.module_utils._steps import SOURCE_SPEC, source_step
+from ansible_collections.spot.migration.plugins.module_utils._transfer import TransferError
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            step=dict(type='str', required=True, choices=['checkpoint', 'release', 'transfer', 'cleanup', 'restart']),
-            migration_id=dict(type='str', required=True),
-            source=dict(type='str', required=True),
-            workloads=dict(type='list', elements='str', default=[]),
-            include_stopped=dict(type='bool', default=False),
-            deadline=dict(type='float'),
-            default_deadline=dict(type='float', default=30.0),
-            safety_margin=dict(type='float', default=5.0),
-            signalled_at=dict(type='float'),
-            wait=dict(type='bool', default=True),
-            provider=dict(type='str', default='auto', choices=['auto', 'aws', 'gcp', 'azure']),
-            metadata_url=dict(type='str'),
-            moving=dict(type='list', elements='dict', default=[]),
-            assignments=dict(type='dict', default={}),
-            transfer=dict(type='str', default='rsync', choices=['rsync', 'relay', 'shared']),
-            ssh_ciphers=dict(type='str', default=PREFERRED_CIPHERS),
-            progress_file=dict(type='path'),
-            sealed=dict(type='list', elements='dict', default=[]),
-            source_endpoint=dict(type='dict'),
-            stop_timeout=dict(type='float', default=30.0),
-            stop=dict(type='str', default='auto', choices=['auto', 'graceful']),
-            emergency=dict(type='dict', default={}),
-            workload_root=dict(type='path'),
-            container_cli=dict(type='path'),
-        ),
-        supports_check_mode=True,
-    )
-    p = module.params
-    run = command_runner(module)
+    module = AnsibleModule(supports_check_mode=True, **SOURCE_SPEC)
     with fail_on_exception(module, (MigrationError, TransferError)):
-        mid, source = p['migration_id'], p['source']
-        if p['step'] == 'transfer':
-            result = source_transfer(run, mid, source, p['sealed'], p['assignments'], p['transfer'], p['source_endpoint'],
-                                     p['ssh_ciphers'])
-            module.exit_json(**result)
-        by_runtime = drivers(run, module.get_bin_path, p['workload_root'], p['container_cli'], warn=module.warn)
-        if p['step'] == 'checkpoint':
-            deadline = p['deadline']
-            if deadline is None:
-                notice = check_notice(module_fetch, {'provider': p['provider'], 'metadata_url': p['metadata_url'],
-                                                     'fail_on_error': False, 'timeout': 3.0})
-                deadline = notice.get('seconds_left')
-                if deadline is None:
-                    deadline = p['default_deadline']
-            result = source_checkpoint(by_runtime, mid, source, p['workloads'], p['include_stopped'], deadline,
-                                       p['safety_margin'], p['signalled_at'], module.check_mode, module.warn,
-                                       wait=p['wait'])
-        elif p['step'] == 'release':
-            result = source_release(by_runtime, run, mid, source, p['moving'], p['assignments'], p['transfer'],
-                                    module.check_mode, p['stop_timeout'], p['emergency'], p['stop'], p['ssh_ciphers'],
-                                    p['progress_file'])
-        elif p['step'] == 'cleanup':
-            result = source_cleanup(by_runtime, mid, source, [w['name'] for w in p['moving']], module.check_mode)
-        else:
-            result = source_restart(by_runtime, mid, source, p['moving'], p['sealed'], module.check_mode)
+        result = source_step(module.params, module_node(module))
     module.exit_json(**result)
 
 

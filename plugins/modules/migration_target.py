@@ -98,6 +98,12 @@ options:
   metadata_url:
     description: V(describe) - the metadata service's base URL, as in M(spot.migration.eviction_info).
     type: str
+notes:
+  - The arguments are checked on the controller and the step, which needs only Python's standard library on the node,
+    runs there in C(python -I -S) without the AnsiballZ wrapper (one SSH round trip, as with pipelining). It runs as
+    an ordinary module instead for an C(https://) O(metadata_url), an async task, a task or play C(environment),
+    privilege escalation without pipelining, before the node's Python has been discovered, or when the host variable
+    C(spot_lean_modules) is false. The result is the same either way.
 '''
 
 EXAMPLES = r'''
@@ -172,54 +178,15 @@ errors:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.spot.migration.plugins.module_utils._common import command_runner, fail_on_exception
-from ansible_collections.spot.migration.plugins.module_utils._gpu import create_backend
-from ansible_collections.spot.migration.plugins.module_utils._http import module_fetch
-from ansible_collections.spot.migration.plugins.module_utils._metadata import check_notice
-from ansible_collections.spot.migration.plugins.module_utils._migration import MigrationError, list_images, target_describe
-from ansible_collections.spot.migration.plugins.module_utils._migration import target_place, target_progress
+from ansible_collections.spot.migration.plugins.module_utils._common import fail_on_exception, module_node
+from ansible_collections.spot.migration.plugins.module_utils._migration import MigrationError
+from ansible_collections.spot.migration.plugins.module_utils._steps import TARGET_SPEC, target_step
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            step=dict(type='str', required=True, choices=['describe', 'place', 'progress']),
-            migration_id=dict(type='str'),
-            target=dict(type='str', required=True),
-            placements=dict(type='list', elements='dict', default=[]),
-            placed=dict(type='dict', default={}),
-            checkpoint_root=dict(type='path'),
-            resume_timeout=dict(type='float', default=120.0),
-            workload_root=dict(type='path'),
-            container_cli=dict(type='path'),
-            list_images=dict(type='bool', default=True),
-            lifecycle=dict(type='str', default='spot'),
-            check_notice=dict(type='bool', default=False),
-            provider=dict(type='str', default='auto', choices=['auto', 'aws', 'gcp', 'azure']),
-            metadata_url=dict(type='str'),
-        ),
-        required_if=[('step', 'place', ['migration_id']), ('step', 'progress', ['migration_id'])],
-        supports_check_mode=True,
-    )
-    p = module.params
+    module = AnsibleModule(supports_check_mode=True, **TARGET_SPEC)
     with fail_on_exception(module, (MigrationError,)):
-        if p['step'] == 'describe':
-            notice_params = {'provider': p['provider'], 'metadata_url': p['metadata_url'], 'fail_on_error': False}
-            result = target_describe(
-                p['target'], p['lifecycle'],
-                lambda: create_backend('auto', command_runner(module), which=module.get_bin_path),
-                (lambda: check_notice(module_fetch, notice_params)) if p['check_notice'] else None,
-                (lambda: list_images(command_runner(module), [p['container_cli']] if p['container_cli'] else
-                                     [module.get_bin_path('podman'), module.get_bin_path('docker')]))
-                if p['list_images'] else None)
-        elif p['step'] == 'place':
-            result = target_place(command_runner(module), module.get_bin_path, p['migration_id'], p['target'],
-                                  p['placements'], p['checkpoint_root'], module.check_mode, p['workload_root'],
-                                  p['container_cli'])
-        else:
-            result = target_progress(p['migration_id'], p['target'], p['placed'], p['resume_timeout'], module.check_mode)
-            if result['errors']:
-                module.fail_json(msg='; '.join(result['errors']), **result)
+        result = target_step(module.params, module_node(module))
     module.exit_json(**result)
 
 

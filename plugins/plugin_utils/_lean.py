@@ -62,7 +62,7 @@ def _run():
         exec(compile(source, mod.__file__, 'exec'), mod.__dict__)
     entry = getattr(sys.modules[package + '.' + payload['entry'][0]], payload['entry'][1])
     try:
-        result = entry(payload['params'])
+        result = entry(payload['params'], payload['check_mode'])
     except Exception as exc:
         result = dict(getattr(exc, 'details', None) or {}, failed=True, msg=str(exc) or type(exc).__name__)
         if not type(exc).__module__.startswith(package + '.'):
@@ -115,7 +115,7 @@ def sources_for(entry_module):
 
 class LeanAction(ActionBase):
     """Subclasses set ``SPEC`` (``{argument_spec, mutually_exclusive, ...}``, the module's own), ``ENTRY``
-    (``(module_utils name, function)``: ``function(params) -> result dict``, raising our errors on failure) and
+    (``(module_utils name, function)``: ``function(params, check_mode) -> result dict``, raising our errors on failure) and
     ``CHECK_MODE`` (whether the module supports check mode); ``use_module(params)`` may ask for the module instead."""
 
     TRANSFERS_FILES = False
@@ -157,30 +157,29 @@ class LeanAction(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super(LeanAction, self).run(tmp, task_vars)
-        task_vars = task_vars or {}
+        result.update(self.execute(dict(self._task.args), task_vars or {}))
+        return result
+
+    def execute(self, args, task_vars):
+        """The module's result for ``args``: from the lean run where it can be, else from the module itself."""
         spec = dict(self.SPEC)
-        validated = ArgumentSpecValidator(spec.pop('argument_spec'), **spec).validate(self._task.args)
+        validated = ArgumentSpecValidator(spec.pop('argument_spec'), **spec).validate(args)
         if validated.error_messages:
-            result.update(failed=True, msg='; '.join(validated.error_messages))
-            return result
+            return {'failed': True, 'msg': '; '.join(validated.error_messages)}
         params = validated.validated_parameters
         interpreter = self._lean_interpreter(task_vars) if self._lean_possible(task_vars) else None
         if interpreter is None or self.use_module(params):
-            result.update(self._execute_module(module_name=self._task.action, module_args=self._task.args,
-                                               task_vars=task_vars))
-            return result
+            return self._execute_module(module_name=self._task.action, module_args=args, task_vars=task_vars)
         if self._task.check_mode and not self.CHECK_MODE:
-            result.update(skipped=True, msg='remote module (%s) does not support check mode' % self._task.action)
-            return result
-        result.update(self.run_lean(interpreter, params))
-        return result
+            return {'skipped': True, 'msg': 'remote module (%s) does not support check mode' % self._task.action}
+        return self.run_lean(interpreter, params)
 
     def run_lean(self, interpreter, params):
         """Run ``ENTRY`` with ``params`` on the node; its result, or a failure naming rc, stdout and stderr."""
         display.vvv('spot.migration: %s runs lean (no AnsiballZ) with %s' % (self._task.action, interpreter[0]),
                     host=self._play_context.remote_addr)
         res = self._low_level_execute_command(' '.join(shlex.quote(a) for a in lean_argv(interpreter)), sudoable=True,
-                                              in_data=lean_input(self.ENTRY, params))
+                                              in_data=lean_input(self.ENTRY, params, self._task.check_mode))
         return lean_result(self._task.action, res.get('rc'), res.get('stdout'), res.get('stderr'))
 
 
@@ -190,10 +189,11 @@ def lean_argv(interpreter):
     return list(interpreter) + ['-I', '-S', '-c', 'import json,sys;exec(json.loads(sys.stdin.readline()))']
 
 
-def lean_input(entry, params):
-    """Standard input of ``lean_argv``: the bootstrap (one JSON-quoted line), then the sources, entry and params."""
+def lean_input(entry, params, check_mode=False):
+    """Standard input of ``lean_argv``: the bootstrap (one JSON-quoted line), then the sources, entry, params and
+    whether this is check mode."""
     payload = json.dumps({'package': PACKAGE, 'sources': sources_for(entry[0]), 'entry': list(entry),
-                          'params': params})
+                          'params': params, 'check_mode': bool(check_mode)})
     return (json.dumps(BOOTSTRAP) + '\n' + payload).encode('utf-8')
 
 

@@ -27,17 +27,20 @@ def _play(stdout: str, name: str) -> str:
     return stdout[start:end if end > 0 else None]
 
 
-@pytest.mark.parametrize("source, runtime, notice", [
-    ("node1", "process", "spot_interruption"),  # AWS
-    ("node2", "podman", "preempt"),             # GCP
-    ("node3", "process", "terminate"),          # Azure
+@pytest.mark.parametrize("source, runtime, notice, lean", [
+    ("node1", "process", "spot_interruption", True),  # AWS
+    ("node2", "podman", "preempt", True),             # GCP
+    ("node3", "process", "terminate", True),          # Azure
+    ("node1", "process", "spot_interruption", False),  # the modules themselves, not their lean runs
 ])
-def test_full_migration(fleet, migrations, webhook, source, runtime, notice):
+def test_full_migration(fleet, migrations, webhook, source, runtime, notice, lean):
     url, received = webhook
-    name = f"mig-{source}-{runtime}"
+    name = f"mig-{source}-{runtime}" + ("" if lean else "-modules")
     migrations.deploy(source, name, runtime)
     fleet_mod.inject(fleet.dir, source, notice)
-    result = migrations.migrate(source, "-e", json.dumps({"alert_webhooks": [url]}))
+    result = migrations.migrate(source, "-vvv", "-e", json.dumps({"alert_webhooks": [url], "spot_lean_modules": lean}))
+    ran_lean = re.findall(r"spot\.migration\.(migration_source|migration_target) runs lean", result.stdout)
+    assert (set(ran_lean) == {"migration_source", "migration_target"}) if lean else not ran_lean
     assert "standby1" in result.stdout
     # The standby node could take it: the other spot nodes were never asked.
     asked = _play(result.stdout, "Emergency checkpoints on the sources, the candidates described meanwhile")

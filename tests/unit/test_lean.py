@@ -77,3 +77,40 @@ def test_a_node_that_cannot_run_it_is_a_failure_naming_rc_and_output():
     assert "spot_lean_modules=false" in result["msg"]
     garbled = _lean.lean_result("spot.migration.eviction_info", 0, "Welcome!\n{", "")
     assert garbled["failed"] is True and garbled["module_stdout"] == "Welcome!\n{"
+
+
+def test_the_stdlib_node_runs_argv_lists_in_the_c_locale_and_finds_sbin_tools(monkeypatch):
+    from ansible_collections.spot.migration.plugins.module_utils._common import SpotMigrationError, stdlib_node
+
+    node = stdlib_node(check_mode=True)
+    assert node.check_mode is True
+    rc, out, err = node.run(["sh", "-c", 'echo "$LC_ALL $1"; read line; echo "got $line"', "sh", "a b; rm -rf /"],
+                            data="input")
+    assert (rc, out, err) == (0, "C a b; rm -rf /\ngot input\n", "")
+    assert node.run(["sh", "-c", "cat"])[1] == "", "standard input is closed unless data is given"
+    assert node.run(["sh", "-c", "echo no >&2; exit 3"]) == (3, "", "no\n")
+    with pytest.raises(SpotMigrationError, match="no-such-tool-here could not be run"):
+        node.run(["no-such-tool-here"])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert node.which("sh") is None or node.which("sh").startswith(("/sbin", "/usr/sbin", "/usr/local/sbin"))
+    if os.path.exists("/usr/sbin/sshd"):
+        assert node.which("sshd") in ("/sbin/sshd", "/usr/sbin/sshd")  # /sbin may be a link to /usr/sbin
+    node.warn("careful")
+    assert node.warnings == ["careful"]
+
+
+@pytest.mark.parametrize("interpreter", pythons())
+def test_a_migration_step_runs_lean_and_reports_what_it_could_not_read(interpreter, tmp_path):
+    # describe on a node without GPUs (no nvidia-smi on the PATH): blind, with the reason, never free.
+    done = subprocess.run(_lean.lean_argv([interpreter]), capture_output=True, timeout=60, check=False,
+                          env={"PATH": str(tmp_path)},
+                          input=_lean.lean_input(("_steps", "lean_target_step"), {
+                              "step": "describe", "target": "n1", "lifecycle": "spot", "list_images": True,
+                              "check_notice": False, "container_cli": None, "provider": "auto",
+                              "metadata_url": None}))
+    result = _lean.lean_result("spot.migration.migration_target", done.returncode, done.stdout.decode(),
+                               done.stderr.decode())
+    assert "failed" not in result, result
+    candidate = result["candidate"]
+    assert candidate["host"] == "n1" and candidate["blind"] is True and "GPUs unreadable" in candidate["error"]
+    assert candidate["free_gpus"] == [] and candidate["images"] is None
