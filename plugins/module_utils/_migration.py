@@ -247,12 +247,17 @@ def await_emergency(driver, name, asked, clock=time.time):
 
 # ---------------------------------------------------------------------------- source: release (stop, seal, push)
 
-def _seal_one(driver, workload, check_mode, stop_timeout, emergency=None, stop='auto'):
-    """Stop ``workload`` and seal its newest complete checkpoint. With ``stop=auto`` a workload whose emergency
+# A checkpoint at least this big is hashed while it is being pushed (rsync): about a second per GiB off the window.
+# Below it the seal is quicker than the second small rsync that sends the manifest after the data.
+SEAL_WHILE_SENDING = 64 * 1024 * 1024
+
+
+def _stop_and_take(driver, workload, check_mode, stop_timeout, emergency=None, stop='auto'):
+    """Stop ``workload`` and find its newest complete checkpoint. With ``stop=auto`` a workload whose emergency
     checkpoint of this run is complete is killed at once: its checkpoint is taken, and a graceful stop would only
     spend the window on a second one (most trainers checkpoint on SIGTERM) that could even be written over the
     first under the same name while it is sealed. Otherwise (no emergency checkpoint, or ``stop=graceful``) it gets
-    SIGTERM and ``stop_timeout`` seconds."""
+    SIGTERM and ``stop_timeout`` seconds. Returns the sealed row's fields but the seal's own."""
     directory = workload['spec'].get('checkpoint_dir')
     if not directory:
         raise MigrationError('workload %s has no checkpoint_dir: nothing to move' % workload['name'])
@@ -260,10 +265,15 @@ def _seal_one(driver, workload, check_mode, stop_timeout, emergency=None, stop='
     hard = stop == 'auto' and bool(emergency.get('emergency_ok')) and emergency.get('emergency_checkpoint') is not None
     stopped = ensure_stopped(driver, workload['name'], check_mode, stop_timeout, hard=hard)
     newest = find_checkpoint(directory)
-    sealed = seal(newest['checkpoint'], check_mode=check_mode, fmt=newest['format'], step=newest['step'])
     return {'checkpoint': newest['checkpoint'], 'format': newest['format'], 'step': newest['step'],
             'bytes': newest['size_bytes'], 'is_dir': os.path.isdir(newest['checkpoint']),
-            'stopped_by': stopped.get('stopped_by'), 'sealed_changed': sealed['changed'], 'verified_at': iso()}
+            'stopped_by': stopped.get('stopped_by')}
+
+
+def _seal_taken(taken, check_mode):
+    """Seal a checkpoint found by _stop_and_take; the row's seal fields."""
+    sealed = seal(taken['checkpoint'], check_mode=check_mode, fmt=taken['format'], step=taken['step'])
+    return {'sealed_changed': sealed['changed'], 'verified_at': iso()}
 
 
 def _restart_here(driver, workload, check_mode, resume_from=None):
@@ -281,8 +291,9 @@ def endpoint(value, what):
     return Endpoint(value['host'], value['ssh'], value.get('root'), value.get('name'))
 
 
-def push_one(transfer, row, assignment, migration_id, run):
-    """One sealed checkpoint into its target's staging directory. Fills ``row`` (transfer fields); never raises."""
+def push_one(transfer, row, assignment, migration_id, run, seal=None):
+    """One checkpoint into its target's staging directory. Fills ``row`` (transfer fields); never raises for a failed
+    transfer. ``seal``: seal it meanwhile (``seal() -> row fields``; rsync only), its failure raised after the copy."""
     target = endpoint(assignment, 'target of %s' % row['name'])
     root = assignment.get('root') or os.path.dirname(row['checkpoint'])
     row['target'] = target.name
@@ -294,7 +305,12 @@ def push_one(transfer, row, assignment, migration_id, run):
         link = None
         if transfer.kind == 'rsync' and assignment.get('replica_root'):
             link = transfer.replica_checkpoint(target, check_root(assignment['replica_root'], 'replica root'))
-        done = transfer.send(row['checkpoint'], row['is_dir'], row['bytes'], target, staging, link_dest=link)
+        if seal is not None:
+            done, sealed = transfer.send_while_sealing(row['checkpoint'], row['is_dir'], row['bytes'], target, staging,
+                                                       seal, link_dest=link)
+            row.update(sealed)
+        else:
+            done = transfer.send(row['checkpoint'], row['is_dir'], row['bytes'], target, staging, link_dest=link)
     except (TransferError, MigrationError) as exc:
         row.update({'transfer_error': str(exc), 'transferred_at': None, 'staged': None})
         return row
@@ -362,8 +378,20 @@ def _release(by_runtime, run, migration_id, source, moving, assignments, transfe
             asked = await_emergency(driver, name, asked)
         row.update((k, v) for k, v in asked.items() if k.startswith('emergency_'))
         try:
-            row.update(_seal_one(driver, w, check_mode, stop_timeout, asked, stop))
+            row.update(_stop_and_take(driver, w, check_mode, stop_timeout, asked, stop))
+            overlap = not check_mode and transfer_kind == 'rsync' and row['bytes'] >= SEAL_WHILE_SENDING
+            if not overlap:
+                row.update(_seal_taken(row, check_mode))
+            if check_mode or transfer_kind == 'relay':
+                row.update({'target': assignments[name].get('name'), 'staged': None, 'transfer_error': None})
+            else:
+                if progress is not None:
+                    progress.workload = name
+                push_one(transfer, row, assignments[name], migration_id, run,
+                         seal=(lambda: _seal_taken(row, False)) if overlap else None)
         except (CheckpointError, MigrationError, WorkloadError) as exc:
+            for key in ('target', 'staging', 'transfer_started_at'):  # a seal that failed while its copy went
+                row.pop(key, None)
             restarted = None
             try:
                 restarted = _restart_here(driver, w, check_mode)['workload']
@@ -371,14 +399,6 @@ def _release(by_runtime, run, migration_id, source, moving, assignments, transfe
                 errors.append('%s: could not be started again on %s either: %s' % (name, source, again))
             row.update({'error': 'no checkpoint to move: %s' % exc, 'restarted_on_source': bool(restarted)})
             errors.append('%s: %s; %s' % (name, exc, 'started again on %s' % source if restarted else 'it is stopped'))
-            rows[name] = row
-            continue
-        if check_mode or transfer_kind == 'relay':
-            row.update({'target': assignments[name].get('name'), 'staged': None, 'transfer_error': None})
-        else:
-            if progress is not None:
-                progress.workload = name
-            push_one(transfer, row, assignments[name], migration_id, run)
         rows[name] = row
     failed = sorted(n for n, r in rows.items() if r.get('transfer_error'))
     return {

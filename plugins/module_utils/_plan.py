@@ -25,7 +25,7 @@ __metaclass__ = type
 PER_SOURCE = ('migration_id', 'workloads', 'include_stopped', 'pinned_targets', 'signalled_at', 'deadline', 'notice_at',
               'detected_at', 'fence_file', 'migration_fence', 'prestaged')
 
-# How the source copy is stopped once its checkpoint is taken (see _migration._seal_one).
+# How the source copy is stopped once its checkpoint is taken (see _migration._stop_and_take).
 SOURCE_STOPS = ('auto', 'graceful')
 
 

@@ -22,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 
 from ._checkpoint import MANIFEST_NAME
@@ -191,18 +192,23 @@ class RsyncPush(Transfer):
     def send(self, checkpoint, is_dir, size, target, staging, link_dest=None):
         start = time.time()
         staged = staged_path(staging, checkpoint)
+        sent = self._rsync(checkpoint, size, checkpoint_files(checkpoint, is_dir), target, staging, staged, is_dir,
+                           link_dest, [], self.progress)
+        return dict(sent, seconds=round(time.time() - start, 3))
+
+    def _rsync(self, checkpoint, size, sources, target, staging, staged, is_dir, link_dest, extra, progress):
+        """One rsync of ``sources`` into the staging directory (a directory's contents into staging/<its name>/)."""
         dest = '%s:%s/' % (target.host, staged if is_dir else staging)
         # A directory's contents go into staging/<its name>/ so that --link-dest can point at a replica's own
         # checkpoint directory, whatever its name.
         linked = link_dest if link_dest and is_dir else (os.path.dirname(link_dest) if link_dest else None)
-        extra = ['--info=progress2', '--no-inc-recursive'] if self.progress else []
-        argv = rsync_argv(checkpoint_files(checkpoint, is_dir), dest, target.ssh, link_dest=linked, partial=True,
-                          ciphers=self.ciphers, extra=extra)
-        if self.progress:
+        extra = list(extra) + (['--info=progress2', '--no-inc-recursive'] if progress else [])
+        argv = rsync_argv(sources, dest, target.ssh, link_dest=linked, partial=True, ciphers=self.ciphers, extra=extra)
+        if progress:
             def on_line(line):
                 seen = parse_progress(line)
                 if seen:
-                    self.progress(checkpoint, seen[0], size, seen[1], seen[2])
+                    progress(checkpoint, seen[0], size, seen[1], seen[2])
             rc, out, err = stream_command(argv, on_line, self.timeout)
         else:
             rc, out, err = self.run(argv)
@@ -210,9 +216,44 @@ class RsyncPush(Transfer):
             raise TransferError('rsync of %s to %s:%s failed (exit %s): %s'
                                 % (checkpoint, target.name, staging, rc, (err or out).strip()[-600:]),
                                 rc=rc, target=target.name, argv=argv)
-        return {'staged': staged, 'bytes': size, 'seconds': round(time.time() - start, 3), 'linked_from': linked,
-                'kind': self.kind}
+        return {'staged': staged, 'bytes': size, 'linked_from': linked, 'kind': self.kind}
 
+    def send_while_sealing(self, checkpoint, is_dir, size, target, staging, seal, link_dest=None):
+        """``send`` with the hashing hidden behind the copy: the checkpoint's files go while ``seal()`` hashes them
+        here and writes the manifest, then the manifest follows (one small rsync over the same SSH connection, a
+        ControlMaster of this send's own). Returns ``(send's result, seal()'s result)``; a failed seal is raised once
+        the copy has ended (the staged files stay unsealed: placing them fails verification)."""
+        start = time.time()
+        staged = staged_path(staging, checkpoint)
+        control = tempfile.mkdtemp(prefix='spot-push-')
+        ssh = list(target.ssh[:1]) + ['-o', 'ControlMaster=auto', '-o', 'ControlPath=%s' % os.path.join(control, 'cm'),
+                                      '-o', 'ControlPersist=60'] + list(target.ssh[1:])
+        via = Endpoint(target.host, ssh, target.root, target.name)
+        data = [checkpoint.rstrip('/') + '/'] if is_dir else [checkpoint]
+        box = {}
+
+        def copy():
+            try:
+                box['sent'] = self._rsync(checkpoint, size, data, via, staging, staged, is_dir, link_dest,
+                                          ['--exclude=/' + MANIFEST_NAME] if is_dir else [], self.progress)
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread below
+                box['error'] = exc
+        worker = threading.Thread(target=copy, name='rsync')
+        worker.start()
+        try:
+            try:
+                sealed = seal()
+            finally:
+                worker.join()
+            if 'error' in box:
+                raise box['error']
+            manifest = os.path.join(checkpoint, MANIFEST_NAME) if is_dir else checkpoint + MANIFEST_NAME
+            self._rsync(checkpoint, size, [manifest], via, staging, staged, is_dir, None, [], None)
+        finally:
+            self.run(list(ssh) + ['-O', 'exit', target.host])
+            shutil.rmtree(control, ignore_errors=True)
+        sent = dict(box['sent'], seconds=round(time.time() - start, 3))
+        return sent, sealed
 
 class Relay(Transfer):
     """Through the controller: runs there; pulls from ``source`` into a private temporary directory, pushes on."""
