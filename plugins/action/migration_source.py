@@ -29,6 +29,23 @@ from ansible_collections.spot.migration.plugins.plugin_utils._lean import LeanAc
 display = Display()
 
 
+def release_lines(args, result, check_mode):
+    """What a release says beside its result: in check mode what would move where; otherwise each workload whose
+    emergency checkpoint did not come in time (the newest complete one on disk moved instead)."""
+    lines = []
+    for row in result.get('sealed') or []:
+        if not row.get('checkpoint'):
+            continue
+        if check_mode:
+            lines.append('would move %s: checkpoint %s (step %s, %s bytes, %s) -> %s by %s, then verify, rename into '
+                         'place, resume' % (row['name'], row['checkpoint'], row.get('step'), row.get('bytes'),
+                                            row.get('format'), row.get('target'), args.get('transfer', 'rsync')))
+        elif 'emergency_ok' in row and not row['emergency_ok']:
+            lines.append('%s: %s; the newest complete checkpoint on disk (step %s) moved instead'
+                         % (row['name'], row.get('emergency_error'), row.get('step')))
+    return lines
+
+
 def progress_line(host, data):
     """One line of progress, from the module's progress file."""
     total = data.get('total') or 0
@@ -57,7 +74,7 @@ class ActionModule(LeanAction):
         watch = watch and after >= 0
         if not watch:
             result.update(self.execute(args, task_vars))
-            return result
+            return self._said(args, result, task_vars)
         # A name only this run knows, in the node's /tmp; the module writes it atomically and removes it.
         path = '/tmp/.spot-migration-progress-%s.json' % uuid.uuid4().hex
         args['progress_file'] = path
@@ -87,4 +104,11 @@ class ActionModule(LeanAction):
         if 'error' in box:
             raise box['error']
         result.update(box['result'])
+        return self._said(args, result, task_vars)
+
+    def _said(self, args, result, task_vars):
+        if args.get('step') == 'release':
+            host = task_vars.get('inventory_hostname') or 'source'
+            for line in release_lines(args, result, self._task.check_mode):
+                display.display('%s: %s' % (host, line))
         return result

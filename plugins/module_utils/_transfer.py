@@ -202,7 +202,7 @@ class RsyncPush(Transfer):
         # A directory's contents go into staging/<its name>/ so that --link-dest can point at a replica's own
         # checkpoint directory, whatever its name.
         linked = link_dest if link_dest and is_dir else (os.path.dirname(link_dest) if link_dest else None)
-        extra = list(extra) + (['--info=progress2', '--no-inc-recursive'] if progress else [])
+        extra = list(extra) + (['--info=progress2', '--no-inc-recursive', '--outbuf=N'] if progress else [])
         argv = rsync_argv(sources, dest, target.ssh, link_dest=linked, partial=True, ciphers=self.ciphers, extra=extra)
         if progress:
             def on_line(line):

@@ -209,16 +209,17 @@ def test_target_lost_mid_transfer_moves_on_to_the_next_target(fleet, migrations)
 
 def test_a_long_transfer_shows_its_progress(fleet, migrations):
     """The release step's transfer reports rsync's running total in the play output while it runs (the thresholds
-    lowered so a transfer of a few hundred MiB on loopback is "long"), and leaves no progress file behind."""
+    lowered so a transfer of half a GiB on loopback is "long"; rsync reports once a second), and leaves no progress
+    file behind."""
     name = "mig-progress"
-    migrations.deploy("node1", name, extra=["--every", "400", "--size-mb", "200", "--initial-checkpoint"])
+    migrations.deploy("node1", name, extra=["--every", "400", "--size-mb", "500", "--initial-checkpoint"])
     fleet_mod.inject(fleet.dir, "node1", "spot_interruption")
     result = migrations.migrate("node1", "-e", "spot_transfer_progress_after=0", "-e", "spot_transfer_progress_every=0.1",
                                 "-e", "spot_ssh_ciphers=aes128-ctr")
     lines = re.findall(r"^node1: %s (\d+)/(\d+) MiB \((\d+)%%, (\S+/s)\)$" % name, result.stdout, re.M)
     assert lines, result.stdout[-4000:]
     done, total, percent, _rate = lines[-1]
-    assert int(total) >= 150 and 0 <= int(percent) <= 100 and int(done) <= int(total)
+    assert int(total) >= 450 and 0 <= int(percent) <= 100 and int(done) <= int(total)
     [record] = migrations.records_written()
     assert record["migrations"][0]["outcome"] == "running"
     assert not list(Path("/tmp").glob(".spot-migration-progress-*.json"))
