@@ -67,7 +67,13 @@ def _run():
         result = dict(getattr(exc, 'details', None) or {}, failed=True, msg=str(exc) or type(exc).__name__)
         if not type(exc).__module__.startswith(package + '.'):
             result['exception'] = traceback.format_exc()
-    sys.stdout.write(json.dumps(result))
+    def plain(value):
+        if isinstance(value, (set, frozenset)):
+            return sorted(value)
+        if isinstance(value, bytes):
+            return value.decode('utf-8', 'replace')
+        raise TypeError('%r is not JSON serializable' % (value,))
+    sys.stdout.write(json.dumps(result, default=plain))
 _run()
 '''
 

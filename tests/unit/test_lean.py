@@ -114,3 +114,13 @@ def test_a_migration_step_runs_lean_and_reports_what_it_could_not_read(interpret
     candidate = result["candidate"]
     assert candidate["host"] == "n1" and candidate["blind"] is True and "GPUs unreadable" in candidate["error"]
     assert candidate["free_gpus"] == [] and candidate["images"] is None
+
+
+def test_sets_and_bytes_in_a_result_come_back_as_a_module_would_return_them(tmp_path, monkeypatch):
+    # A result holding a set or bytes (jsonify in AnsibleModule turns them into a list and text) is not a crash.
+    source = "def entry(params, check_mode):\n    return {'hosts': {'b', 'a'}, 'raw': b'x', 'n': params['n']}\n"
+    monkeypatch.setitem(_lean._SOURCES, "_lean_probe_entry", source)
+    done = subprocess.run(_lean.lean_argv([pythons()[0]]), capture_output=True, timeout=60, check=False,
+                          input=_lean.lean_input(("_lean_probe_entry", "entry"), {"n": 3}))
+    result = _lean.lean_result("x", done.returncode, done.stdout.decode(), done.stderr.decode())
+    assert result == {"hosts": ["a", "b"], "raw": "x", "n": 3, "changed": False}
