@@ -255,6 +255,7 @@ class RsyncPush(Transfer):
         sent = dict(box['sent'], seconds=round(time.time() - start, 3))
         return sent, sealed
 
+
 class Relay(Transfer):
     """Through the controller: runs there; pulls from ``source`` into a private temporary directory, pushes on."""
 

@@ -49,7 +49,7 @@ def remote(tmp_path):
 def _file(path: Path, mib: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
-        for _ in range(mib):
+        for _mib in range(mib):
             handle.write(os.urandom(1 << 20))
     return path
 

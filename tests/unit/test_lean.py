@@ -4,7 +4,6 @@ them (``python -I -S``, the bootstrap and payload on standard input), on every t
 from __future__ import annotations
 
 import glob
-import json
 import os
 import subprocess
 import sys
@@ -39,10 +38,10 @@ def run(interpreter: str, entry=ENTRY, **given) -> dict:
 
 
 def test_the_sources_are_ours_every_import_included_dependencies_first():
-    names = [name for name, _ in _lean.sources_for("_http")]
+    names = [name for name, _source in _lean.sources_for("_http")]
     assert names == ["_notice", "_metadata", "_http"]
     # fail_on_exception imports five module_utils inside a function: they come too, each after what it imports.
-    names = [name for name, _ in _lean.sources_for("_common")]
+    names = [name for name, _source in _lean.sources_for("_common")]
     assert {"_checkpoint", "_gpu", "_notice", "_placement", "_workload", "_common"} <= set(names)
     for name, source in _lean.sources_for("_common"):
         for dep in _lean._TOP_IMPORT.findall(source):

@@ -25,8 +25,8 @@ def test_on_demand_first_then_memory_then_name():
 
 
 def test_a_node_at_risk_comes_last_of_its_kind_and_is_still_taken():
-    ranked = rank_candidates([cand("a", [0, 1, 2], at_risk=True), cand("b", [0]), cand("s", [0], lifecycle="on-demand",
-                                                                                            at_risk=True)], gpus=1)[0]
+    candidates = [cand("a", [0, 1, 2], at_risk=True), cand("b", [0]), cand("s", [0], lifecycle="on-demand", at_risk=True)]
+    ranked = rank_candidates(candidates, gpus=1)[0]
     assert [(r["host"], r["at_risk"]) for r in ranked] == [("s", True), ("b", False), ("a", True)]
     assert pick_target([cand("a", [0], at_risk=True)], gpus=1)["target"] == "a"
 
