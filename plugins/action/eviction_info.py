@@ -19,6 +19,3 @@ class ActionModule(LeanAction):
     SPEC = EVICTION_INFO_SPEC
     ENTRY = ('_http', 'eviction_info')
     CHECK_MODE = True
-
-    def use_module(self, params):
-        return str(params.get('metadata_url') or '').lower().startswith('https:')

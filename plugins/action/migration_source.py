@@ -60,9 +60,6 @@ class ActionModule(LeanAction):
     ENTRY = ('_steps', 'lean_source_step')
     CHECK_MODE = True
 
-    def use_module(self, params):
-        return str(params.get('metadata_url') or '').lower().startswith('https:')
-
     def run(self, tmp=None, task_vars=None):
         result = super(LeanAction, self).run(tmp, task_vars)  # ActionBase's; self.execute runs the step
         task_vars = task_vars or {}

@@ -21,6 +21,3 @@ class ActionModule(LeanAction):
     SPEC = TARGET_SPEC
     ENTRY = ('_steps', 'lean_target_step')
     CHECK_MODE = True
-
-    def use_module(self, params):
-        return str(params.get('metadata_url') or '').lower().startswith('https:')

@@ -31,6 +31,7 @@ author:
   - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - spot.migration.lean
   - spot.migration.metadata
 attributes:
   check_mode:
@@ -67,12 +68,6 @@ options:
     default: [spot_interruption, preempt, terminate]
 notes:
   - Production defaults are C(http://169.254.169.254) (AWS, Azure) and C(http://metadata.google.internal) (GCP).
-  - The arguments are checked on the controller and the probe, which needs only Python's standard library on the node,
-    runs there in C(python -I -S) without the AnsiballZ wrapper (one SSH round trip, as with pipelining; about a
-    quarter of the CPU a module run costs the node, which is what a sweep over many nodes waits for). It runs as an
-    ordinary module instead for an C(https://) O(metadata_url), an async task, a task or play C(environment), privilege
-    escalation without pipelining, before the node's Python has been discovered, or when the host variable
-    C(spot_lean_modules) is false. The result is the same either way.
 seealso:
   - name: AWS Spot Instance interruption notices
     description: The instance-action document and its two-minute warning.

@@ -32,6 +32,7 @@ author:
   - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - spot.migration.lean
 attributes:
   check_mode:
     support: full
@@ -157,12 +158,6 @@ options:
   container_cli:
     description: Path of the container CLI, when not on PATH.
     type: path
-notes:
-  - The arguments are checked on the controller and the step, which needs only Python's standard library on the node,
-    runs there in C(python -I -S) without the AnsiballZ wrapper (one SSH round trip, as with pipelining). It runs as
-    an ordinary module instead for an C(https://) O(metadata_url), an async task, a task or play C(environment),
-    privilege escalation without pipelining, before the node's Python has been discovered, or when the host variable
-    C(spot_lean_modules) is false. The result is the same either way.
 '''
 
 EXAMPLES = r'''

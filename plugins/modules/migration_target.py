@@ -29,6 +29,7 @@ author:
   - spot.migration contributors (@spot-migration)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - spot.migration.lean
 attributes:
   check_mode:
     support: full
@@ -98,12 +99,6 @@ options:
   metadata_url:
     description: V(describe) - the metadata service's base URL, as in M(spot.migration.eviction_info).
     type: str
-notes:
-  - The arguments are checked on the controller and the step, which needs only Python's standard library on the node,
-    runs there in C(python -I -S) without the AnsiballZ wrapper (one SSH round trip, as with pipelining). It runs as
-    an ordinary module instead for an C(https://) O(metadata_url), an async task, a task or play C(environment),
-    privilege escalation without pipelining, before the node's Python has been discovered, or when the host variable
-    C(spot_lean_modules) is false. The result is the same either way.
 '''
 
 EXAMPLES = r'''

@@ -122,7 +122,7 @@ def sources_for(entry_module):
 class LeanAction(ActionBase):
     """Subclasses set ``SPEC`` (``{argument_spec, mutually_exclusive, ...}``, the module's own), ``ENTRY``
     (``(module_utils name, function)``: ``function(params, check_mode) -> result dict``, raising our errors on failure) and
-    ``CHECK_MODE`` (whether the module supports check mode); ``use_module(params)`` may ask for the module instead."""
+    ``CHECK_MODE`` (whether the module supports check mode); ``use_module(params)`` says when the module runs instead."""
 
     TRANSFERS_FILES = False
     SPEC = {}
@@ -130,7 +130,9 @@ class LeanAction(ActionBase):
     CHECK_MODE = False
 
     def use_module(self, params):
-        return False
+        """The module itself for an ``https://`` metadata URL: certificates are ansible's to check (module_utils.urls,
+        which the lean run does not carry)."""
+        return str(params.get('metadata_url') or '').lower().startswith('https:')
 
     def _lean_interpreter(self, task_vars):
         """The node's Python as argv, or None when only the module's own discovery can tell."""
