@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from spot_migration import collections_path  # noqa: E402
 from spot_migration import fleet as fleet_mod  # noqa: E402
+from spot_migration.watch import actions as actions_mod  # noqa: E402
 
 PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 # The last commit before a migration became a handful of coarse steps (issue [I]): the figures' baseline.
@@ -109,7 +110,7 @@ def run_playbook(fleet, extravars: dict, collections: Path, work: Path) -> tuple
         private_data_dir=str(private), playbook="spot.migration.migrate", inventory=str(fleet.inventory_path),
         extravars=extravars, quiet=True, settings={"suppress_env_files": True},
         envvars={"ANSIBLE_COLLECTIONS_PATH": str(collections), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PIPELINING": "true",
-                 "ANSIBLE_INTERNAL_POLL_INTERVAL": "0.01",  # as the watcher runs it (watch/actions.py)
+                 **actions_mod.run_config(work),  # as the watcher runs it
                  "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     after_self, after_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = sum(getattr(a, f) - getattr(b, f) for a, b in ((after_self, before_self), (after_children, before_children))

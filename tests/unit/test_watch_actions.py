@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 from spot_migration.watch import actions
 
@@ -106,3 +108,25 @@ def test_kept_control_dir_outlives_runs_and_close_stops_its_masters(tmp_path):
             master.kill()
             master.wait()
     assert not Path(kept).exists()
+
+
+def test_the_runs_get_a_slower_poll_only_where_the_user_has_no_ansible_cfg(tmp_path, monkeypatch):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("ANSIBLE_CONFIG", raising=False)
+    monkeypatch.chdir(work)
+    if Path("/etc/ansible/ansible.cfg").exists():
+        pytest.skip("this machine has /etc/ansible/ansible.cfg: ansible uses it")
+    env = actions.run_config(tmp_path)
+    assert env == {"ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg")}
+    assert "internal_poll_interval = 0.01" in (tmp_path / "ansible.cfg").read_text()
+    # The user's own configuration is never replaced: in the home, or named by ANSIBLE_CONFIG.
+    (home / ".ansible.cfg").write_text("[defaults]\nforks = 7\n")
+    assert actions.run_config(tmp_path) == {}
+    (home / ".ansible.cfg").unlink()
+    mine = tmp_path / "mine.cfg"
+    mine.write_text("[defaults]\n")
+    monkeypatch.setenv("ANSIBLE_CONFIG", str(mine))
+    assert actions.run_config(tmp_path) == {}

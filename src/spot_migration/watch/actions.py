@@ -59,6 +59,27 @@ def kill_marked(marker: str, exclude: int | None = None) -> list[int]:
     return killed
 
 
+# ansible-playbook checks on its workers every millisecond by default: 0.05 CPU-seconds for every second a run waits
+# on a node (a transfer, a resumed job's first checkpoint), most of a long migration's controller CPU. A hundredth of a
+# second adds at most that much to noticing a task's end. The setting has no environment variable, only ansible.cfg.
+RUN_CONFIG = "[defaults]\ninternal_poll_interval = 0.01\n"
+
+
+def run_config(directory: Path) -> dict[str, str]:
+    """Environment for the runs: ``ANSIBLE_CONFIG`` pointing at an ansible.cfg of ours (RUN_CONFIG, written into
+    ``directory``) when ansible finds none of the user's (``ANSIBLE_CONFIG``, ./ansible.cfg, ~/.ansible.cfg,
+    /etc/ansible/ansible.cfg); nothing when it does - a user's configuration is never replaced (docs/tuning.md says
+    how to set the poll interval there)."""
+    from ansible.config.manager import find_ini_config_file
+
+    if find_ini_config_file():
+        return {}
+    path = Path(directory) / "ansible.cfg"
+    if not path.exists() or path.read_text() != RUN_CONFIG:
+        path.write_text(RUN_CONFIG)
+    return {"ANSIBLE_CONFIG": str(path)}
+
+
 class Actions:
     """Runs plays through ansible-runner for one inventory."""
 
@@ -111,10 +132,7 @@ class Actions:
             # One SSH round trip per task instead of three (no sudo requiretty in play): the watcher's runs are its
             # latency.
             "ANSIBLE_PIPELINING": "true",
-            # ansible-playbook checks its workers every millisecond by default (0.05 CPU-seconds per second of a run,
-            # most of a long migration's controller CPU while it waits on a transfer); a hundredth of a second adds
-            # at most that much to a task's end being noticed.
-            "ANSIBLE_INTERNAL_POLL_INTERVAL": "0.01",
+            **run_config(self.runs_dir),
         }
         if marker:
             env[RUN_MARKER] = marker
