@@ -345,6 +345,19 @@ def gather(host_vars, hosts, name):
     return dict((h, (host_vars.get(h) or {})[name]) for h in hosts if name in (host_vars.get(h) or {}))
 
 
+def failed_transfers(host_vars, sources):
+    """The sources whose first transfer left something unmoved: the relay's result where the relay ran, else the
+    release's (``failed_transfers``). Their failover runs; the other sources are not asked."""
+    out = []
+    for source in sources or []:
+        hv = host_vars.get(source) or {}
+        relay = hv.get('migrate_relay') or {}
+        first = relay if relay and not relay.get('skipped') else (hv.get('migrate_release') or {})
+        if not first.get('skipped') and first.get('failed_transfers'):
+            out.append(source)
+    return out
+
+
 def placements(moved_by_source, target=None, the_plan=None):
     """What ``target`` gets (every target's when None): the moved rows that landed there. With ``the_plan``, only
     while this run still holds each row's migration (its fence): otherwise MigrationError, before anything starts."""

@@ -207,3 +207,15 @@ def test_requests_carry_the_container_image():
                                      {"name": "b", "runtime": "process", "spec": {"gpus": [1]}}]}}
     got = _plan.requests(the_plan, checkpoints)
     assert [(r["name"], r["image"]) for r in got] == [("a", "trainer:v1"), ("b", None)]
+
+
+def test_the_failover_runs_only_where_the_first_transfer_failed():
+    host_vars = {
+        "a": {"migrate_release": {"failed_transfers": ["job"]}},
+        "b": {"migrate_release": {"failed_transfers": []}},
+        "c": {"migrate_release": {"failed_transfers": ["x"]}, "migrate_relay": {"failed_transfers": []}},  # relayed fine
+        "d": {"migrate_release": {"failed_transfers": []}, "migrate_relay": {"failed_transfers": ["y"]}},
+        "e": {"migrate_release": {"skipped": True}},
+        "f": {"migrate_release": {"failed_transfers": ["z"]}, "migrate_relay": {"skipped": True}},
+    }
+    assert plan_mod.failed_transfers(host_vars, ["a", "b", "c", "d", "e", "f", "ghost"]) == ["a", "d", "f"]
