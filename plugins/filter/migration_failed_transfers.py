@@ -14,7 +14,7 @@ author:
 - spot.migration contributors (@spot-migration)
 description:
 - The sources whose first transfer left a checkpoint unmoved (C(failed_transfers) in the relay's result where the
-  relay ran, else in the release's): the hosts of the failover play, so the other sources are not asked.
+  relay ran, else in the release's) - the hosts of the failover play, so the other sources are not asked.
 positional: sources
 options:
   _input:
