@@ -252,7 +252,7 @@ def await_emergency(driver, name, asked, clock=time.time):
 SEAL_WHILE_SENDING = 64 * 1024 * 1024
 
 
-def _stop_and_take(driver, workload, check_mode, stop_timeout, emergency=None, stop='auto'):
+def _stop_and_take(driver, workload, check_mode, stop_timeout, emergency=None, stop='auto', hard=False):
     """Stop ``workload`` and find its newest complete checkpoint. With ``stop=auto`` a workload whose emergency
     checkpoint of this run is complete is killed at once: its checkpoint is taken, and a graceful stop would only
     spend the window on a second one (most trainers checkpoint on SIGTERM) that could even be written over the
@@ -262,7 +262,8 @@ def _stop_and_take(driver, workload, check_mode, stop_timeout, emergency=None, s
     if not directory:
         raise MigrationError('workload %s has no checkpoint_dir: nothing to move' % workload['name'])
     emergency = emergency or {}
-    hard = stop == 'auto' and bool(emergency.get('emergency_ok')) and emergency.get('emergency_checkpoint') is not None
+    hard = hard or (stop == 'auto' and bool(emergency.get('emergency_ok'))
+                    and emergency.get('emergency_checkpoint') is not None)
     stopped = ensure_stopped(driver, workload['name'], check_mode, stop_timeout, hard=hard)
     newest = find_checkpoint(directory)
     return {'checkpoint': newest['checkpoint'], 'format': newest['format'], 'step': newest['step'],
@@ -291,9 +292,11 @@ def endpoint(value, what):
     return Endpoint(value['host'], value['ssh'], value.get('root'), value.get('name'))
 
 
-def push_one(transfer, row, assignment, migration_id, run, seal=None):
+def push_one(transfer, row, assignment, migration_id, run, seal=None, until=None, fallback=None):
     """One checkpoint into its target's staging directory. Fills ``row`` (transfer fields); never raises for a failed
-    transfer. ``seal``: seal it meanwhile (``seal() -> row fields``; rsync only), its failure raised after the copy."""
+    transfer. ``seal``: seal it meanwhile (``seal() -> row fields``; rsync only), its failure raised after the copy.
+    ``until`` (rsync): it must end by then; ``fallback='replica'``: a copy too slow for that is given up and the
+    workload resumes from its replica on the target instead (the target holds one: ``replica_root``)."""
     target = endpoint(assignment, 'target of %s' % row['name'])
     root = assignment.get('root') or os.path.dirname(row['checkpoint'])
     row['target'] = target.name
@@ -305,13 +308,21 @@ def push_one(transfer, row, assignment, migration_id, run, seal=None):
         link = None
         if transfer.kind == 'rsync' and assignment.get('replica_root'):
             link = transfer.replica_checkpoint(target, check_root(assignment['replica_root'], 'replica root'))
+        timed = {'until': until} if until is not None and transfer.kind == 'rsync' else {}
         if seal is not None:
             done, sealed = transfer.send_while_sealing(row['checkpoint'], row['is_dir'], row['bytes'], target, staging,
-                                                       seal, link_dest=link)
+                                                       seal, link_dest=link, **timed)
             row.update(sealed)
         else:
-            done = transfer.send(row['checkpoint'], row['is_dir'], row['bytes'], target, staging, link_dest=link)
+            done = transfer.send(row['checkpoint'], row['is_dir'], row['bytes'], target, staging, link_dest=link,
+                                 **timed)
     except (TransferError, MigrationError) as exc:
+        if getattr(exc, 'details', {}).get('too_slow') and fallback == 'replica' and assignment.get('replica_root'):
+            transfer.discard(target, staging)
+            row.pop('staging', None)
+            row.update({'transfer': 'replica', 'fell_back': str(exc), 'transfer_error': None, 'staged': None,
+                        'transferred_at': None})
+            return row
         row.update({'transfer_error': str(exc), 'transferred_at': None, 'staged': None})
         return row
     row.update({'staged': done['staged'], 'staging': staging, 'transferred_at': iso(), 'transfer_seconds': done['seconds'],
@@ -345,25 +356,60 @@ class ProgressFile:
             pass
 
 
+CHOICES = ('emergency', 'newest', 'replica')
+
+
+def check_choices(choices, assignments):
+    """The plan's choice per workload (``{workload: {from, fallback}}``): ``from`` one of CHOICES (default
+    ``emergency``), ``fallback`` None or ``replica``. A replica choice or fallback needs the workload's target to hold
+    its replica (``replica_root`` in its assignment); without one the choice is ``newest`` (or no fallback), said in
+    ``choice_note``. Returns ``{workload: {from, fallback, note}}``; MigrationError naming a bad value."""
+    out = {}
+    for name, choice in (choices or {}).items():
+        if not isinstance(choice, dict):
+            raise MigrationError('choices %s must be {from, fallback}, not %r' % (name, choice))
+        how = choice.get('from') or 'emergency'
+        fallback = choice.get('fallback') or None
+        if how not in CHOICES:
+            raise MigrationError('choices %s: from %r is not one of %s' % (name, how, ', '.join(CHOICES)))
+        if fallback not in (None, 'replica'):
+            raise MigrationError('choices %s: fallback %r is not replica (or none)' % (name, fallback))
+        note = None
+        has_replica = bool(((assignments or {}).get(name) or {}).get('replica_root'))
+        if how == 'replica' and not has_replica:
+            how, note = 'newest', 'no replica on the target: the newest complete checkpoint moves instead'
+        if fallback and not has_replica:
+            fallback, note = None, note or 'no replica on the target to fall back to'
+        out[name] = {'from': how, 'fallback': fallback, 'note': note}
+    return out
+
+
 def source_release(by_runtime, run, migration_id, source, moving, assignments, transfer_kind, check_mode,
-                   stop_timeout=30.0, emergency=None, stop='auto', ciphers=None, progress_file=None):
+                   stop_timeout=30.0, emergency=None, stop='auto', ciphers=None, progress_file=None, choices=None,
+                   bwlimit=0):
     """Stop, take the newest complete checkpoint, seal it and (rsync, shared) push it to the assigned target, for
     every workload in ``assignments``. A workload that cannot be sealed is started again here; one whose transfer
-    failed is listed in ``failed_transfers`` (the playbook tries the next target)."""
+    failed is listed in ``failed_transfers`` (the playbook tries the next target).
+
+    ``choices`` (the watcher's plan against the deadline, see check_choices): ``emergency`` waits for the emergency
+    checkpoint (the default), ``newest`` takes the newest complete one on disk at once, ``replica`` only stops the
+    workload (its target resumes it from the replica it holds); ``fallback: replica`` gives a copy up for the replica
+    as soon as it cannot end within the window (``emergency_until``)."""
     migration_id = check_id(migration_id)
+    choices = check_choices(choices, assignments)
     progress = ProgressFile(progress_file) if progress_file and not check_mode else None
     transfer = create_transfer(transfer_kind if transfer_kind in ('rsync', 'shared') else 'shared', run, ciphers=ciphers,
-                               progress=progress)
+                               progress=progress, bwlimit=bwlimit)
     try:
         return _release(by_runtime, run, migration_id, source, moving, assignments, transfer_kind, check_mode,
-                        stop_timeout, emergency, stop, transfer, progress)
+                        stop_timeout, emergency, stop, transfer, progress, choices)
     finally:
         if progress is not None:
             progress.close()
 
 
 def _release(by_runtime, run, migration_id, source, moving, assignments, transfer_kind, check_mode, stop_timeout,
-             emergency, stop, transfer, progress):
+             emergency, stop, transfer, progress, choices):
     by_name = dict((w['name'], w) for w in moving)
     rows, errors = {}, []
     for name in sorted(assignments):
@@ -373,12 +419,26 @@ def _release(by_runtime, run, migration_id, source, moving, assignments, transfe
                                  % (name, source, ', '.join(sorted(by_name)) or 'none'))
         driver = by_runtime[w['runtime']]
         row = {'name': name}
+        choice = choices.get(name) or {'from': 'emergency', 'fallback': None, 'note': None}
+        if name in choices:
+            row.update({'resume_choice': choice['from'], 'choice_note': choice['note']})
         asked = (emergency or {}).get(name) or {}
-        if not check_mode:
+        window = asked.get('emergency_until')  # this node's clock: the notice's deadline less the safety margin
+        if not check_mode and choice['from'] == 'emergency':
             asked = await_emergency(driver, name, asked)
-        row.update((k, v) for k, v in asked.items() if k.startswith('emergency_'))
+        row.update((k, v) for k, v in asked.items()
+                   if k.startswith('emergency_') and k not in ('emergency_until', 'emergency_dir'))
         try:
-            row.update(_stop_and_take(driver, w, check_mode, stop_timeout, asked, stop))
+            if choice['from'] == 'replica':
+                # The target holds a verified replica and resumes from it: this copy only stops, at once.
+                stopped = ensure_stopped(driver, name, check_mode, stop_timeout, hard=True)
+                row.update({'stopped_by': stopped.get('stopped_by'), 'checkpoint': None, 'step': None, 'bytes': 0,
+                            'is_dir': None, 'transfer': 'replica', 'target': assignments[name].get('name'),
+                            'staged': None, 'transfer_error': None, 'verified_at': iso()})
+                rows[name] = row
+                continue
+            row.update(_stop_and_take(driver, w, check_mode, stop_timeout, asked, stop,
+                                      hard=choice['from'] == 'newest'))
             overlap = not check_mode and transfer_kind == 'rsync' and row['bytes'] >= SEAL_WHILE_SENDING
             if not overlap:
                 row.update(_seal_taken(row, check_mode))
@@ -387,8 +447,10 @@ def _release(by_runtime, run, migration_id, source, moving, assignments, transfe
             else:
                 if progress is not None:
                     progress.workload = name
+                until = window if choice['fallback'] else None
                 push_one(transfer, row, assignments[name], migration_id, run,
-                         seal=(lambda: _seal_taken(row, False)) if overlap else None)
+                         seal=(lambda: _seal_taken(row, False)) if overlap else None, until=until,
+                         fallback=choice['fallback'])
         except (CheckpointError, MigrationError, WorkloadError) as exc:
             for key in ('target', 'staging', 'transfer_started_at'):  # a seal that failed while its copy went
                 row.pop(key, None)
@@ -533,7 +595,6 @@ def target_place(run, which, migration_id, here, placements, here_root, check_mo
         spec = target_spec(p, root)
         build_spec(dict(spec, resume_from=None))  # a bad spec fails here, before anything is renamed
         final_dir = check_root(spec.get('checkpoint_dir'), 'checkpoint_dir of %s' % name)
-        base = os.path.basename(p['checkpoint'].rstrip('/'))
         if p.get('transfer') == 'shared':
             staged = final = p['checkpoint']
             checked = verify(final)
@@ -542,6 +603,7 @@ def target_place(run, which, migration_id, here, placements, here_root, check_mo
             checked, final, moved = _from_replica(p, final_dir, name, check_mode)
         else:
             staging = staging_dir(root or os.path.dirname(final_dir), mid)
+            base = os.path.basename(p['checkpoint'].rstrip('/'))
             staged = os.path.join(staging, base)
             final = inside(final_dir, os.path.join(final_dir, base), 'checkpoint of %s' % name)
             if check_mode and not os.path.exists(staged):

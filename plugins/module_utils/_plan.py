@@ -23,7 +23,7 @@ from ._workload import NAME_RE
 __metaclass__ = type
 
 PER_SOURCE = ('migration_id', 'workloads', 'include_stopped', 'pinned_targets', 'signalled_at', 'deadline', 'notice_at',
-              'detected_at', 'fence_file', 'migration_fence', 'prestaged')
+              'detected_at', 'fence_file', 'migration_fence', 'prestaged', 'choices')
 
 # How the source copy is stopped once its checkpoint is taken (see _migration._stop_and_take).
 SOURCE_STOPS = ('auto', 'graceful')
@@ -129,6 +129,15 @@ def plan(variables, groups, now=None):
                 raise MigrationError('prestaged %s must be {target, root, step}, not %r' % (name, replica))
             if replica.get('root'):
                 check_root(replica['root'], 'prestaged %s root' % name)
+        choices = values.get('choices') or {}
+        if not isinstance(choices, dict):
+            raise MigrationError('choices must be a dict of workload -> {from, fallback}, not %r' % (choices,))
+        for name, choice in choices.items():
+            _names([name], 'choices')
+            if not isinstance(choice, dict) or (choice.get('from') or 'emergency') not in ('emergency', 'newest', 'replica') \
+                    or (choice.get('fallback') or None) not in (None, 'replica'):
+                raise MigrationError('choices %s must be {from: emergency|newest|replica, fallback: replica or none}, '
+                                     'not %r' % (name, choice))
         workloads = _names(values.get('workloads'), 'workloads')
         include_stopped = _bool(values.get('include_stopped') or False, 'include_stopped')
         if include_stopped and not workloads:
@@ -140,7 +149,7 @@ def plan(variables, groups, now=None):
             'deadline': _float(values.get('deadline'), 'deadline'),
             'notice_at': values.get('notice_at') or None, 'detected_at': values.get('detected_at') or None,
             'fence_file': fence_file, 'fence': str(values.get('migration_fence') or ''), 'prestaged': prestaged,
-            'started_at': iso(now),
+            'choices': choices, 'started_at': iso(now),
         }
     exclude = _hosts(variables.get('exclude_hosts') or [], inventory | set(variables.get('exclude_hosts') or []),
                      'exclude_hosts')
@@ -334,7 +343,13 @@ def moved(the_plan, source, checkpoint, release, retry=None, relay=None, source_
             r.setdefault('gpus', point.get('gpus'))
             r['owner'] = point.get('owner')
         r.update({'migration_id': entry['id'], 'source': source, 'spec': specs.get(name, {}),
-                  'source_root': source_root or '', 'transfer': the_plan['transfer']})
+                  'source_root': source_root or ''})
+        # A workload resumed from the replica on its target (the plan's choice, or a copy too slow for the window)
+        # says so itself; the others moved the run's way.
+        if r.get('transfer') == 'replica':
+            r['replica_root'] = point.get('replica_root')
+        else:
+            r['transfer'] = the_plan['transfer']
         r.setdefault('failed_targets', [])
         out.append(r)
     return out
@@ -366,7 +381,7 @@ def placements(moved_by_source, target=None, the_plan=None):
         for r in rows or []:
             if not r.get('target') or r.get('error') or r.get('transfer_error') or r.get('restarted_on_source'):
                 continue
-            if r['transfer'] != 'shared' and not r.get('staged'):
+            if r['transfer'] not in ('shared', 'replica') and not r.get('staged'):
                 continue
             if target is None or r['target'] == target:
                 entry = (the_plan or {}).get('by_source', {}).get(r.get('source') or _source)
@@ -471,12 +486,18 @@ def records(the_plan, check_mode, per_source, finished_at=None):
                 # step's row.
                 'emergency_checkpoint_ok': m.get('emergency_ok', e.get('emergency_ok')),
                 'emergency_error': m.get('emergency_error', e.get('emergency_error')),
-                'stopped_by': m.get('stopped_by'), 'checkpoint_step': m.get('step'),
+                'stopped_by': m.get('stopped_by'),
+                'checkpoint_step': m.get('step') if m.get('step') is not None else placed.get('step'),
                 'checkpoint_verified_at': m.get('verified_at'), 'target_chosen_at': (data.get('reserved_at') or {}).get(name),
                 'transfer_started_at': m.get('transfer_started_at'), 'transferred_at': m.get('transferred_at'),
-                'transfer': the_plan['transfer'], 'bytes': m.get('bytes'), 'linked_from': m.get('linked_from'),
+                'transfer': m.get('transfer') or the_plan['transfer'], 'bytes': m.get('bytes'),
+                'linked_from': m.get('linked_from'),
+                # The plan against the deadline (when the watcher made one): what it chose, and a copy given up.
+                'resume_choice': m.get('resume_choice'), 'choice_note': m.get('choice_note'),
+                'fell_back': m.get('fell_back'),
                 'verified_on_target_at': placed.get('verified_at'), 'started_on_target_at': placed.get('started_at'),
-                'resumed_at': progress.get('resumed_at'), 'resumed_step': m.get('step'),
+                'resumed_at': progress.get('resumed_at'),
+                'resumed_step': m.get('step') if m.get('step') is not None else placed.get('step'),
                 'resumed_from': placed.get('checkpoint'), 'first_new_step': progress.get('first_new_step'),
                 'first_new_checkpoint_at': progress.get('first_new_checkpoint_at'),
                 'restarted_on_source': bool(m.get('restarted_on_source')),

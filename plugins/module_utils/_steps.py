@@ -45,6 +45,8 @@ SOURCE_SPEC = dict(
         stop_timeout=dict(type='float', default=30.0),
         stop=dict(type='str', default='auto', choices=['auto', 'graceful']),
         emergency=dict(type='dict', default={}),
+        choices=dict(type='dict', default={}),
+        bwlimit=dict(type='int', default=0),
         workload_root=dict(type='path'),
         container_cli=dict(type='path'),
     ),
@@ -91,7 +93,7 @@ def source_step(p, node):
     if p['step'] == 'release':
         return source_release(by_runtime, node.run, mid, source, p['moving'], p['assignments'], p['transfer'],
                               node.check_mode, p['stop_timeout'], p['emergency'], p['stop'], p['ssh_ciphers'],
-                              p['progress_file'])
+                              p['progress_file'], p['choices'], p['bwlimit'])
     if p['step'] == 'cleanup':
         return source_cleanup(by_runtime, mid, source, [w['name'] for w in p['moving']], node.check_mode)
     return source_restart(by_runtime, mid, source, p['moving'], p['sealed'], node.check_mode)

@@ -127,12 +127,19 @@ def parse_progress(line):
     return int(match.group(1).replace(',', '')), int(match.group(2)), match.group(3)
 
 
-def stream_command(argv, on_line, timeout=None):
+def stream_command(argv, on_line, timeout=None, until=None, clock=time.time):
     """Run ``argv`` (no shell, ``LC_ALL=C``), handing each line of its output to ``on_line`` as it comes (rsync ends
-    its progress lines with a carriage return). Returns ``(rc, stdout, stderr)`` like a module's run_command."""
+    its progress lines with a carriage return). ``on_line`` returning True, or the clock passing ``until`` (epoch
+    seconds; a watchdog, so a stalled command is stopped too), kills the command. Returns ``(rc, stdout, stderr)``
+    like a module's run_command."""
     env = dict(os.environ, LC_ALL='C', LANG='C')
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=err, env=env)
+        watchdog = None
+        if until is not None:
+            watchdog = threading.Timer(max(0.0, float(until) - clock()), proc.kill)
+            watchdog.daemon = True
+            watchdog.start()
         out, pending = [], b''
         started = time.time()
         while True:
@@ -142,16 +149,33 @@ def stream_command(argv, on_line, timeout=None):
             pending += chunk
             parts = re.split(b'[\r\n]', pending)
             pending = parts.pop()
+            stop = False
             for part in parts:
                 text = part.decode('utf-8', 'replace')
                 out.append(text)
-                on_line(text)
-            if timeout and time.time() - started > timeout:
+                stop = on_line(text) or stop
+            if stop or (timeout and time.time() - started > timeout):
                 proc.kill()
                 break
         rc = proc.wait()
+        if watchdog is not None:
+            watchdog.cancel()
         err.seek(0)
         return rc, '\n'.join(out[-200:] + [pending.decode('utf-8', 'replace')]), err.read().decode('utf-8', 'replace')
+
+
+# A transfer with a deadline is judged by its running total only after this many seconds of it (the first second
+# includes the SSH handshake and says little about the rate).
+SLOW_AFTER = 2.0
+
+
+def projected_end(done, total, started, now):
+    """When a transfer of ``total`` bytes that has moved ``done`` since ``started`` will end at its rate so far (epoch
+    seconds); None before there is a rate."""
+    elapsed = now - started
+    if not total or done <= 0 or elapsed <= 0:
+        return None
+    return now + max(0, total - done) * elapsed / float(done)
 
 
 class Transfer:
@@ -169,11 +193,12 @@ class RsyncPush(Transfer):
 
     kind = 'rsync'
 
-    def __init__(self, run, timeout=None, ciphers=None, progress=None):
+    def __init__(self, run, timeout=None, ciphers=None, progress=None, bwlimit=0):
         self.run = run
         self.timeout = timeout
         self.ciphers = ciphers
-        self.progress = progress  # progress(checkpoint, bytes_done, total, percent, rate): rsync's running total
+        self.progress = progress
+        self.bwlimit = int(bwlimit or 0)  # progress(checkpoint, bytes_done, total, percent, rate): rsync's running total
 
     def replica_checkpoint(self, target, root):
         """The newest published replica's checkpoint path on ``target`` (its ``latest.json``), or None. One SSH
@@ -189,27 +214,46 @@ class RsyncPush(Transfer):
         path = latest.get('checkpoint') if isinstance(latest, dict) else None
         return path if isinstance(path, str) and path.startswith(root.rstrip('/') + '/') else None
 
-    def send(self, checkpoint, is_dir, size, target, staging, link_dest=None):
+    def send(self, checkpoint, is_dir, size, target, staging, link_dest=None, until=None):
         start = time.time()
         staged = staged_path(staging, checkpoint)
         sent = self._rsync(checkpoint, size, checkpoint_files(checkpoint, is_dir), target, staging, staged, is_dir,
-                           link_dest, [], self.progress)
+                           link_dest, [], self.progress, until)
         return dict(sent, seconds=round(time.time() - start, 3))
 
-    def _rsync(self, checkpoint, size, sources, target, staging, staged, is_dir, link_dest, extra, progress):
-        """One rsync of ``sources`` into the staging directory (a directory's contents into staging/<its name>/)."""
+    def _rsync(self, checkpoint, size, sources, target, staging, staged, is_dir, link_dest, extra, progress,
+               until=None):
+        """One rsync of ``sources`` into the staging directory (a directory's contents into staging/<its name>/).
+        ``until``: it must end by then (epoch seconds): stopped as soon as its running total says it will not (after
+        ``SLOW_AFTER`` seconds of it) or when the time has come - TransferError with ``too_slow``."""
         dest = '%s:%s/' % (target.host, staged if is_dir else staging)
         # A directory's contents go into staging/<its name>/ so that --link-dest can point at a replica's own
         # checkpoint directory, whatever its name.
         linked = link_dest if link_dest and is_dir else (os.path.dirname(link_dest) if link_dest else None)
-        extra = list(extra) + (['--info=progress2', '--no-inc-recursive', '--outbuf=N'] if progress else [])
-        argv = rsync_argv(sources, dest, target.ssh, link_dest=linked, partial=True, ciphers=self.ciphers, extra=extra)
-        if progress:
+        watch = progress is not None or until is not None
+        extra = list(extra) + (['--info=progress2', '--no-inc-recursive', '--outbuf=N'] if watch else [])
+        argv = rsync_argv(sources, dest, target.ssh, link_dest=linked, partial=True, ciphers=self.ciphers, extra=extra,
+                          bwlimit=self.bwlimit)
+        verdict = {}
+        if watch:
+            started = time.time()
+
             def on_line(line):
                 seen = parse_progress(line)
-                if seen:
+                if not seen:
+                    return False
+                if progress is not None:
                     progress(checkpoint, seen[0], size, seen[1], seen[2])
-            rc, out, err = stream_command(argv, on_line, self.timeout)
+                late = projected_end(seen[0], size, started, time.time())
+                if until is not None and late is not None and time.time() - started >= SLOW_AFTER and late > until:
+                    verdict['projected'] = late
+                    return True
+                return False
+            rc, out, err = stream_command(argv, on_line, self.timeout, until=until)
+            if until is not None and rc != 0 and (verdict or time.time() >= until):
+                raise TransferError('rsync of %s to %s was too slow for the window: %s' % (
+                    checkpoint, target.name, 'it would have ended %.1f s after it' % (verdict['projected'] - until)
+                    if verdict else 'not done when the window closed'), too_slow=True, target=target.name)
         else:
             rc, out, err = self.run(argv)
         if rc != 0:
@@ -218,7 +262,12 @@ class RsyncPush(Transfer):
                                 rc=rc, target=target.name, argv=argv)
         return {'staged': staged, 'bytes': size, 'linked_from': linked, 'kind': self.kind}
 
-    def send_while_sealing(self, checkpoint, is_dir, size, target, staging, seal, link_dest=None):
+    def discard(self, target, staging):
+        """Remove a staging directory on ``target`` (a copy given up for the replica there); best effort, one SSH
+        command with a quoted path the caller has checked."""
+        self.run(list(target.ssh) + [target.host, 'rm -rf -- %s' % shlex.quote(staging)])
+
+    def send_while_sealing(self, checkpoint, is_dir, size, target, staging, seal, link_dest=None, until=None):
         """``send`` with the hashing hidden behind the copy: the checkpoint's files go while ``seal()`` hashes them
         here and writes the manifest, then the manifest follows (one small rsync over the same SSH connection, a
         ControlMaster of this send's own). Returns ``(send's result, seal()'s result)``; a failed seal is raised once
@@ -235,7 +284,7 @@ class RsyncPush(Transfer):
         def copy():
             try:
                 box['sent'] = self._rsync(checkpoint, size, data, via, staging, staged, is_dir, link_dest,
-                                          ['--exclude=/' + MANIFEST_NAME] if is_dir else [], self.progress)
+                                          ['--exclude=/' + MANIFEST_NAME] if is_dir else [], self.progress, until)
             except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread below
                 box['error'] = exc
         worker = threading.Thread(target=copy, name='rsync')
@@ -301,11 +350,12 @@ class Shared(Transfer):
         return {'staged': checkpoint, 'bytes': 0, 'seconds': 0.0, 'linked_from': None, 'kind': self.kind}
 
 
-def create_transfer(kind, run, source=None, timeout=None, ciphers=None, progress=None):
-    """The one factory for transfers (``ciphers``: see :data:`PREFERRED_CIPHERS`; ``progress``: see RsyncPush)."""
+def create_transfer(kind, run, source=None, timeout=None, ciphers=None, progress=None, bwlimit=0):
+    """The one factory for transfers (``ciphers``: see :data:`PREFERRED_CIPHERS`; ``progress``: see RsyncPush;
+    ``bwlimit``: KiB/s, rsync's ``--bwlimit``, 0 for none)."""
     check_ciphers(ciphers)  # a bad list fails here, before anything is stopped or sent
     if kind == 'rsync':
-        return RsyncPush(run, timeout, ciphers, progress)
+        return RsyncPush(run, timeout, ciphers, progress, bwlimit)
     if kind == 'relay':
         if source is None:
             raise TransferError('transfer relay needs the source node as an endpoint')

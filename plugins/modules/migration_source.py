@@ -152,6 +152,23 @@ options:
         its checkpoint counts; V(release) waits for it until then, and its C(sealed) rows say how it went.
     type: dict
     default: {}
+  choices:
+    description:
+      - For V(release), the plan made against the notice's deadline, per workload, C({from, fallback}) (the watcher
+        makes it from what it has measured; without it every workload moves its emergency checkpoint).
+      - C(from=emergency) waits for the emergency checkpoint and moves it; C(from=newest) moves the newest complete
+        checkpoint on disk at once (the job is killed, not asked to checkpoint again); C(from=replica) only stops the
+        job, which its target resumes from the verified replica it holds (the target must be the workload's replica
+        node; otherwise C(newest), said in the row's C(choice_note)).
+      - C(fallback=replica) gives a copy up as soon as its running total says it cannot end before the window closes
+        (the deadline less the safety margin, as the V(checkpoint) step set it), removes what reached the target and
+        resumes from the replica there instead (the row's C(fell_back) says why).
+    type: dict
+    default: {}
+  bwlimit:
+    description: Bandwidth limit of the transfer in KiB/s (rsync's C(--bwlimit)); 0 for none.
+    type: int
+    default: 0
   workload_root:
     description: Where process workloads keep their state (default as M(spot.migration.workload)).
     type: path
@@ -222,6 +239,12 @@ sealed:
     transferred_at: {description: "When the transfer finished, ISO 8601 UTC.", type: str}
     transfer_error: {description: Why the transfer failed (null when it did not)., type: str}
     error: {description: Why nothing could be sealed (the workload was started again here)., type: str}
+    transfer:
+      description: "C(replica) when the target resumes it from its replica (chosen, or fallen back to); absent otherwise."
+      type: str
+    resume_choice: {description: "The plan's O(choices) C(from) for it, as applied.", type: str}
+    choice_note: {description: Why the choice applied differs from the one asked (no replica on the target)., type: str}
+    fell_back: {description: Why its copy was given up for the replica on the target (too slow for the window)., type: str}
 failed_transfers:
   description: Workloads whose checkpoint could not be moved to their target.
   returned: step=release or step=transfer

@@ -14,22 +14,10 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.spot.migration.plugins.module_utils import _agent, _checkpoint, _migration, _transfer, _workload
+from tests.helpers.ssh_stand_in import FAKE_SSH
 
 TRAINER = Path(__file__).resolve().parents[2] / "src" / "spot_migration" / "trainer.py"
 
-FAKE_SSH = r"""#!/bin/sh
-# ssh stand-in: options are logged and skipped, the host dropped, the command run here.
-echo "$*" >> "$(dirname "$0")/calls.log"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -O) [ "$2" = exit ] && exit 0; shift 2 ;;
-    -o|-c|-F|-p|-i) shift 2 ;;
-    -*) shift ;;
-    *) shift; break ;;
-  esac
-done
-exec sh -c "$*"
-"""
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="needs rsync")
 
