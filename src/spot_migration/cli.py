@@ -354,6 +354,8 @@ def history_cmd(config_path: Path | None, state_dir: str | None, limit: int, as_
         raise click.ClickException(f"no ledger at {config.ledger_path}")
     ledger = Ledger(config.ledger_path)
     rows = ledger.migrations(limit=limit)
+    for row in rows:
+        row["plan"] = ledger.plan(row["id"])
     if as_json:
         for row in rows:
             row["transitions"] = ledger.transitions(row["id"])

@@ -38,6 +38,7 @@ class SweepConfig:
 @dataclass
 class MigrateConfig:
     enabled: bool = True            # false: record and alert, never migrate (observe-only roll-out)
+    plan: bool = True               # choose per workload how to resume, by the notice's deadline (watch/planner.py)
     transfer: str = "rsync"
     max_concurrent: int = 4         # migrate runs at once (a wave of evictions is one run)
     batch_window: float = 0.5       # a wave's run starts once no notice has joined it for this long (0: no waiting)

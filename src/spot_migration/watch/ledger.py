@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS node_health (
 CREATE TABLE IF NOT EXISTS fences (
     node TEXT NOT NULL, workload TEXT NOT NULL, migration_id TEXT, created_at REAL NOT NULL, applied_at REAL,
     PRIMARY KEY (node, workload));
+CREATE TABLE IF NOT EXISTS measurements (
+    kind TEXT NOT NULL, key TEXT NOT NULL, value REAL NOT NULL, bytes INTEGER, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS measurements_key ON measurements (kind, key, at);
+CREATE TABLE IF NOT EXISTS plans (migration_id TEXT PRIMARY KEY, plan TEXT NOT NULL, made_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS controller_jobs (
     migration_id TEXT NOT NULL, fence INTEGER NOT NULL, job INTEGER NOT NULL, launched_at REAL NOT NULL);
 """
@@ -303,6 +307,31 @@ class Ledger:
             item["replica_gpus"] = json.loads(item["replica_gpus"]) if item["replica_gpus"] else None
             out.append(item)
         return out
+
+    # ------------------------------------------------------------------ what the plan against the deadline uses
+    KEEP_MEASUREMENTS = 20  # per kind and key: the planner reads the last few
+
+    def measure(self, rows: list[dict]) -> None:
+        """Measurements (``kind, key, value, bytes, at``: see planner); only the newest few per kind and key kept."""
+        with self._tx() as db:
+            for row in rows:
+                db.execute("INSERT INTO measurements (kind, key, value, bytes, at) VALUES (?,?,?,?,?)",
+                           (row["kind"], row["key"], float(row["value"]), row.get("bytes"), float(row["at"])))
+                db.execute("DELETE FROM measurements WHERE kind = ? AND key = ? AND rowid NOT IN (SELECT rowid FROM "
+                           "measurements WHERE kind = ? AND key = ? ORDER BY at DESC LIMIT ?)",
+                           (row["kind"], row["key"], row["kind"], row["key"], self.KEEP_MEASUREMENTS))
+
+    def measurements(self) -> list[dict]:
+        return [dict(r) for r in self._db().execute("SELECT kind, key, value, bytes, at FROM measurements ORDER BY at")]
+
+    def save_plan(self, migration_id: str, plan: dict) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO plans (migration_id, plan, made_at) VALUES (?,?,?)",
+                       (migration_id, json.dumps(plan, sort_keys=True), self.clock()))
+
+    def plan(self, migration_id: str) -> dict | None:
+        row = self._db().execute("SELECT plan FROM plans WHERE migration_id = ?", (migration_id,)).fetchone()
+        return json.loads(row["plan"]) if row else None
 
     # ------------------------------------------------------------------ lost nodes and fences
     def probe_result(self, node: str, reachable: bool) -> None:

@@ -21,6 +21,8 @@ KNOWN_LABELS = {
     "rejected": [(r,) for r in ("unsigned", "malformed", "forged", "stale", "replayed")],
     "deliveries": [("push",), ("sweep",)],
     "transfer_bytes": [("migration",)],
+    "plan_choices": [("emergency",), ("newest",), ("replica",)],
+    "plan_fallbacks": [("replica",)],
 }
 
 
@@ -60,6 +62,13 @@ class Metrics:
         self.transfer_throughput = Histogram("spot_transfer_throughput_bytes_per_second",
                                              "Throughput of each checkpoint transfer of a migration (bytes / s)",
                                              buckets=THROUGHPUT_BUCKETS, registry=r)
+        self.plan_choices = Counter("spot_plan_choices", "How the plan against the deadline chose to resume each workload",
+                                    ["choice"], registry=r)
+        self.plan_fallbacks = Counter("spot_plan_fallbacks", "Copies given up mid-way for the replica on the target",
+                                      ["to"], registry=r)
+        self.plan_error = Histogram("spot_plan_prediction_error_seconds",
+                                    "Notice to running on the target, actual minus the plan's prediction (chosen way)",
+                                    buckets=(-20, -10, -5, -2, -1, 0, 1, 2, 5, 10, 20, 60), registry=r)
         for name, values in KNOWN_LABELS.items():
             for labels in values:
                 getattr(self, name).labels(*labels)

@@ -293,6 +293,11 @@ class Replicator:
             self.ledger.replicated(row["name"], dict(report, replicated=new))
             if new:
                 self.metrics.replications.labels("copied").inc()
+                seconds, size = report.get("seconds"), report.get("bytes")
+                if isinstance(seconds, (int, float)) and isinstance(size, int) and seconds > 0 and size > 0:
+                    # What a copy from this node to that one takes: the plan against the deadline predicts by it.
+                    self.ledger.measure([{"kind": "throughput", "key": f"{node}>{row['replica']}", "value": size / seconds,
+                                          "bytes": size, "at": time.time()}])
             elif report.get("error") and report["error"] != row["error"]:
                 self.metrics.replications.labels("failed").inc()
                 self.log(logs.warning(f"replication of {row['name']} to {row['replica']} (agent) failed: {report['error'][:300]}"))

@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import logs, module_utils
 from . import actions as actions_mod
+from . import planner
 from .alerts import Alerter
 from .config import WatchConfig
 from .controller import Controller, ControllerError
@@ -105,7 +106,63 @@ class MigrationRunner:
         signalled_at = self.ledger.signalled_at(m["notice_id"])
         if signalled_at:
             values["signalled_at"] = signalled_at
+        made = self._plan(m)
+        if made and made.get("choices"):
+            values["choices"] = made["choices"]
         return values
+
+    def _plan(self, m: dict) -> dict | None:
+        """The plan against the deadline for this migration (watch/planner.py): made once, at its first run, from
+        what the ledger has measured, saved and logged; a run resumed after a watcher died follows the same plan.
+        None when planning is off (``migrate.plan``) or the source runs nothing known."""
+        if not self.config.migrate.plan:
+            return None
+        saved = self.ledger.plan(m["id"])
+        if saved is not None:
+            return saved
+        workloads = self.ledger.workloads(node=m["source"])
+        if not workloads:
+            return None
+        notice = self.ledger.notice(m["notice_id"]) or {}
+        try:
+            payload = json.loads(notice.get("payload") or "{}")
+        except ValueError:
+            payload = {}
+        extra = self.config.migrate.extra_vars
+        made = planner.plan_source(workloads, m["source"], payload, m["detected_at"] or time.time(), time.time(),
+                                   self.ledger.measurements(), default_deadline=float(extra.get("default_deadline", 30.0)),
+                                   safety_margin=float(extra.get("safety_margin", 5.0)))
+        self.ledger.save_plan(m["id"], made)
+        for name, p in sorted(made["workloads"].items()):
+            self.metrics.plan_choices.labels(p["choice"]).inc()
+            self.log(f"migration {m['id']}: plan for {name}: {p['choice']}"
+                     + (f" (else the replica on {p['target']})" if p["fallback"] else "") + f" - {p['reason']}")
+        return made
+
+    def _learn(self, migration_id: str, m: dict, record: dict | None) -> None:
+        """After a migration: what its record measured goes to the ledger for the next plans; the plan gets the
+        actual times beside its predictions (``spot-migration history``), the prediction error goes to the metrics."""
+        if not record:
+            return
+        self.ledger.measure(planner.measurements_from_record(record, m["detected_at"], to_epoch))
+        made = self.ledger.plan(migration_id)
+        if not made:
+            return
+        for row in record.get("migrations") or []:
+            p = (made.get("workloads") or {}).get(row.get("workload"))
+            started = to_epoch(row.get("started_on_target_at"))
+            if p is None:
+                continue
+            if row.get("fell_back"):
+                self.metrics.plan_fallbacks.labels("replica").inc()
+            actual = round(started - m["detected_at"], 2) if started and m["detected_at"] else None
+            applied = row.get("resume_choice") or p["choice"]
+            predicted = next((o["predicted_s"] for o in p["options"] if o["from"] == applied), None)
+            p["actual"] = {"from": "replica" if row.get("fell_back") else applied, "running_after_s": actual,
+                           "fell_back": row.get("fell_back"), "resumed_step": row.get("resumed_step")}
+            if actual is not None and predicted is not None and not row.get("fell_back"):
+                self.metrics.plan_error.observe(actual - predicted)
+        self.ledger.save_plan(migration_id, made)
 
     def _add_at_risk(self, extravars: dict[str, Any], skip: set[str]) -> None:
         """Nodes with an early warning (``warnings.kinds`` within ``warnings.hold``) go to the playbook as
@@ -208,6 +265,9 @@ class MigrationRunner:
         signalled_at = self.ledger.signalled_at(m["notice_id"])
         if signalled_at:
             extravars["signalled_at"] = signalled_at
+        made = self._plan(m)
+        if made and made.get("choices"):
+            extravars["choices"] = made["choices"]
         resumed = m["attempts"] > 1
         if resumed and ORDER[m["state"]] >= ORDER["target_reserved"] and m["workloads"]:
             # Resume from the last completed step: what already runs on its target is left alone.
@@ -354,6 +414,10 @@ class MigrationRunner:
         record_path = self.record_dir / f"{migration_id}.json"
         record = json.loads(record_path.read_text()) if record_path.exists() else None
         self._advance(migration_id, fence, outcome, error=error, record=record)
+        try:
+            self._learn(migration_id, self.ledger.migration(migration_id), record)
+        except (KeyError, TypeError, ValueError) as exc:  # a record of an older shape teaches nothing; never fatal
+            self.log(logs.warning(f"migration {migration_id}: nothing learnt from its record: {exc}"))
         # Wherever the job runs now (its first target, the next one after a failover, or back on the source when
         # nothing could take it), whatever the outcome: the record's rows say, the workload's location follows.
         for row in (record or {}).get("migrations") or []:

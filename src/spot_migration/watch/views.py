@@ -100,16 +100,33 @@ def render_status(data: dict[str, Any], console: Console) -> None:
     render_migrations(data["in_flight"], console, "Migrations in flight")
 
 
+def plan_lines(plan: dict | None) -> list[str]:
+    """The plan against the deadline in a few words per workload: the ways with their predictions, the choice and
+    what actually happened."""
+    if not plan:
+        return []
+    out = []
+    for name, p in sorted((plan.get("workloads") or {}).items()):
+        ways = ", ".join(f"{o['from']} {o['predicted_s']:.1f} s" if o.get("predicted_s") is not None else f"{o['from']} ?"
+                         for o in p.get("options") or [])
+        actual = p.get("actual") or {}
+        did = (f"; ran {actual['from']}" + (f" (fell back: {actual['fell_back'][:60]})" if actual.get("fell_back") else "")
+               + (f", running after {actual['running_after_s']:.1f} s" if actual.get("running_after_s") is not None
+                  else "")) if actual else ""
+        out.append(f"{name}: window {p.get('window_s')} s; {ways}; chose {p['choice']}{did}")
+    return out
+
+
 def render_migrations(rows: list[dict], console: Console, title: str) -> None:
     table = Table(title=title, title_justify="left")
-    for column in ("migration", "source", "state", "workloads -> target", "noticed", "took", "error"):
+    for column in ("migration", "source", "state", "workloads -> target", "noticed", "took", "plan", "error"):
         table.add_column(column)
     for m in rows:
         moved = ", ".join(f"{w} -> {m['targets'].get(w, '?')}" for w in m["workloads"]) or "-"
         took = f"{m['finished_at'] - m['notice_at']:.1f} s" if m.get("finished_at") and m.get("notice_at") else "-"
         colour = {"running": "green", "failed": "red"}.get(m["state"], "yellow")
         table.add_row(m["id"], m["source"], f"[{colour}]{m['state']}[/]", moved, _when(m.get("notice_at")), took,
-                      (m.get("error") or "")[:80])
+                      "\n".join(plan_lines(m.get("plan"))) or "-", (m.get("error") or "")[:80])
     if not rows:
         table.caption = "none"
     console.print(table)
