@@ -35,7 +35,7 @@ def plan(rows, notice=None, w=None, **kw):
 
 @pytest.mark.parametrize("rows, w, choice, fallback, why", [
     # Nothing measured: today's behaviour, and it says so.
-    ([], None, "emergency", "replica", "nothing measured yet"),
+    ([], None, "emergency", "replica", "as before the plan: no transfer measured yet from node1"),
     # 1 GiB at 200 MiB/s: 2 + 5.1 + 1 s in a 25 s window.
     (measured(200 * 2**20, ready=4.0), None, "emergency", "replica", "within the 25.0 s window"),
     # 1 GiB at 20 MiB/s cannot make it (51 s); the newest on disk is the replica's step: the replica.
@@ -76,6 +76,15 @@ def test_medians_of_the_last_few_so_one_outlier_does_not_decide():
     rows = [{"kind": "throughput", "key": "node1>standby1", "value": v, "bytes": GIB, "at": float(i)}
             for i, v in enumerate([1e3, 2e8, 2e8, 2e8, 2e8, 1.0])]
     assert planner.Measured(rows).throughput("node1", "standby1")[0] == 2e8
+
+
+def test_start_up_and_placing_are_assumed_until_measured_the_transfer_never():
+    job = plan([{"kind": "throughput", "key": "node1>standby1", "value": 2**20, "bytes": GIB, "at": 1.0}])["workloads"]["job"]
+    emergency, replica = job["options"][0], job["options"][-1]
+    assert emergency["predicted_s"] == pytest.approx(3 + 1024 + 1 + GIB / 300e6, abs=0.01)
+    assert "(start-up and placing not measured yet: assumed)" in emergency["why"]
+    assert replica["from"] == "replica" and replica["predicted_s"] == pytest.approx(4 + GIB / 300e6, abs=0.01)
+    assert job["choice"] == "replica"
 
 
 def test_what_a_record_teaches():

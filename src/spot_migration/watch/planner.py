@@ -28,6 +28,11 @@ from typing import Any
 OPTIONS = ("emergency", "newest", "replica")
 RECENT = 5                  # the last few measurements of a kind and key count
 VERIFY_BYTES_PER_S = 300e6  # for a replica bigger than anything placed on that target yet: hashing it again
+# Until a migration has measured them: the run's start-up (detection -> the release step) and placing on the target
+# (verify, rename, start: a second and the hashing). The transfer, which decides, is never assumed: without a measured
+# throughput the plan is today's behaviour.
+DEFAULT_OVERHEAD = 3.0
+DEFAULT_PLACE = 1.0
 
 
 def median(values: list[float]) -> float | None:
@@ -65,7 +70,7 @@ class Measured:
         rows = self.recent("place", target or "") or [r for (kind, _key), found in self.by.items() if kind == "place"
                                                       for r in found[-RECENT:]]
         if not rows:
-            return None
+            return DEFAULT_PLACE + size / VERIFY_BYTES_PER_S
         seconds = median([r["value"] for r in rows]) or 0.0
         seen = median([r["bytes"] or 0 for r in rows]) or 0.0
         return seconds + max(0.0, size - seen) / VERIFY_BYTES_PER_S
@@ -90,30 +95,34 @@ def plan_workload(workload: dict, source: str, window_s: float, measured: Measur
     target = replica  # the migration adopts the replica node's reservation when the node still qualifies
     throughput, via = measured.throughput(source, target)
     overhead = measured.value("overhead", "*")
+    assumed = [] if overhead is not None else ["start-up"]
+    overhead = overhead if overhead is not None else DEFAULT_OVERHEAD
     ready = measured.value("ready", workload["name"])
+    if not measured.recent("place", target or "") and not any(k == "place" for k, _ in measured.by):
+        assumed.append("placing")
     place = measured.place(target, size)
     transfer = size / throughput if throughput and size else None
     options: list[dict[str, Any]] = []
+    note = f" ({' and '.join(assumed)} not measured yet: assumed)" if assumed else ""
 
     def add(how: str, predicted: float | None, resumes_from: Any, why: str) -> None:
         options.append({"from": how, "predicted_s": None if predicted is None else round(predicted, 2),
                         "fits": predicted is not None and predicted <= window_s, "resumes_from_step": resumes_from,
                         "why": why})
 
-    if transfer is None or place is None or (ready is None and overhead is None):
-        add("emergency", None, "emergency", "nothing measured yet to predict it" if not throughput
-            else "not enough measured yet")
+    if transfer is None:
+        add("emergency", None, "emergency", "no transfer measured yet from %s to predict it by" % source)
     else:
         add("emergency", (ready if ready is not None else overhead) + transfer + place, "emergency",
-            f"{'ready' if ready is not None else 'start-up'} + {size / 2**20:.0f} MiB at {throughput / 2**20:.0f} MiB/s "
-            f"({via}) + verify and start")
+            f"{'ready' if ready is not None else 'start-up'} + {size / 2**20:.0f} MiB at {throughput / 2**20:.1f} MiB/s "
+            f"({via}) + verify and start{note}")
     source_step, replica_step = workload.get("source_step"), workload.get("replica_step")
     if source_step is not None and (replica_step is None or source_step > replica_step):
-        add("newest", None if transfer is None or place is None or overhead is None else overhead + transfer + place,
-            source_step, "the newest complete checkpoint on disk, moved at once")
+        add("newest", None if transfer is None else overhead + transfer + place, source_step,
+            f"the newest complete checkpoint on disk, moved at once{note}")
     if replica and replica_step is not None:
-        add("replica", None if overhead is None or place is None else overhead + place, replica_step,
-            f"the replica of step {replica_step} on {replica}, nothing moved")
+        add("replica", overhead + place, replica_step, f"the replica of step {replica_step} on {replica}, nothing "
+            f"moved{note}")
     chosen, reason = choose(options, window_s)
     fallback = "replica" if chosen in ("emergency", "newest") and any(o["from"] == "replica" for o in options) else None
     return {"workload": workload["name"], "window_s": round(window_s, 2), "target": target, "bytes": size,
