@@ -217,7 +217,9 @@ def source_checkpoint(by_runtime, migration_id, source, names, include_stopped, 
             rows[w['name']] = {'emergency_ok': None, 'emergency_step': None, 'emergency_checkpoint': None,
                                'signal': answer['signal'], 'emergency_signalled_at': answer['signalled_at'],
                                'emergency_until': until, 'emergency_dir': answer['directory']}
-        rows[w['name']].update({'runtime': w['runtime'], 'gpus': len((w.get('spec') or {}).get('gpus') or [])})
+        # When the window closes (this node's clock): a copy with a fallback must end by then.
+        rows[w['name']].update({'runtime': w['runtime'], 'gpus': len((w.get('spec') or {}).get('gpus') or []),
+                                'window_until': until})
     return {
         'changed': any(not isinstance(a, Exception) and a is not None and a.get('changed') for a in answers),
         'moving': moving,
@@ -423,7 +425,7 @@ def _release(by_runtime, run, migration_id, source, moving, assignments, transfe
         if name in choices:
             row.update({'resume_choice': choice['from'], 'choice_note': choice['note']})
         asked = (emergency or {}).get(name) or {}
-        window = asked.get('emergency_until')  # this node's clock: the notice's deadline less the safety margin
+        window = asked.get('window_until', asked.get('emergency_until'))  # this node's clock: deadline less margin
         if not check_mode and choice['from'] == 'emergency':
             asked = await_emergency(driver, name, asked)
         row.update((k, v) for k, v in asked.items()
