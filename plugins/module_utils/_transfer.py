@@ -164,18 +164,22 @@ def stream_command(argv, on_line, timeout=None, until=None, clock=time.time):
         return rc, '\n'.join(out[-200:] + [pending.decode('utf-8', 'replace')]), err.read().decode('utf-8', 'replace')
 
 
-# A transfer with a deadline is judged by its running total only after this many seconds of it (the first second
-# includes the SSH handshake and says little about the rate).
+# A transfer with a deadline is judged by its rate over at least this many seconds, counted from its first bytes
+# (before them: the SSH handshake and the remote rsync starting, which say nothing about the rate), and given up only
+# when it is predicted to end this much after the window: a copy that would make it is never given up on a guess.
 SLOW_AFTER = 2.0
+SLOW_SLACK = 1.0
 
 
-def projected_end(done, total, started, now):
-    """When a transfer of ``total`` bytes that has moved ``done`` since ``started`` will end at its rate so far (epoch
-    seconds); None before there is a rate."""
-    elapsed = now - started
-    if not total or done <= 0 or elapsed <= 0:
+def projected_end(done, total, first, now):
+    """When a transfer of ``total`` bytes will end (epoch seconds) at its rate since ``first`` (``(epoch, bytes)`` of
+    its first report with bytes moved), now that it has moved ``done``; None before there is a rate."""
+    if not total or first is None:
         return None
-    return now + max(0, total - done) * elapsed / float(done)
+    elapsed, moved = now - first[0], done - first[1]
+    if elapsed <= 0 or moved <= 0:
+        return None
+    return now + max(0, total - done) * elapsed / float(moved)
 
 
 class Transfer:
@@ -236,7 +240,7 @@ class RsyncPush(Transfer):
                           bwlimit=self.bwlimit)
         verdict = {}
         if watch:
-            started = time.time()
+            first = []
 
             def on_line(line):
                 seen = parse_progress(line)
@@ -244,8 +248,13 @@ class RsyncPush(Transfer):
                     return False
                 if progress is not None:
                     progress(checkpoint, seen[0], size, seen[1], seen[2])
-                late = projected_end(seen[0], size, started, time.time())
-                if until is not None and late is not None and time.time() - started >= SLOW_AFTER and late > until:
+                now = time.time()
+                if not first and seen[0] > 0:
+                    first.append((now, seen[0]))
+                    return False
+                late = projected_end(seen[0], size, first[0] if first else None, now)
+                if until is not None and late is not None and now - first[0][0] >= SLOW_AFTER and \
+                        late > until + SLOW_SLACK:
                     verdict['projected'] = late
                     return True
                 return False

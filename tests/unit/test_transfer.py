@@ -43,3 +43,12 @@ def test_a_bad_cipher_list_fails_the_release_before_anything_is_stopped():
         mig.source_release({"process": driver}, None, "m-1", "node1", moving,
                            {"w": {"host": "h", "ssh": ["ssh"], "name": "standby1"}}, "rsync", False, ciphers="a b")
     assert driver.stopped == []
+
+
+def test_a_transfer_is_projected_by_its_rate_since_its_first_bytes():
+    from ansible_collections.spot.migration.plugins.module_utils._transfer import projected_end
+    # 100 MB, the first report at t=10 with 1 MB moved, 20 MB at t=12: 9.5 MB/s -> 80 MB more take 8.4 s.
+    assert projected_end(20e6, 100e6, (10.0, 1e6), 12.0) == pytest.approx(12.0 + 80e6 * 2.0 / 19e6)
+    assert projected_end(20e6, 100e6, None, 12.0) is None, "no rate before the first bytes"
+    assert projected_end(1e6, 100e6, (10.0, 1e6), 12.0) is None, "nothing moved since"
+    assert projected_end(5e6, 0, (10.0, 1e6), 12.0) is None
