@@ -100,8 +100,9 @@ def case(fleet, workdir: Path, port: int, secret: str, secret_file: Path, size_m
         return out
     finally:
         watcher.stop()
-        fleet_mod.inject(fleet.dir, "node1", "clear")
-        if not next(n for n in fleet_mod.status(fleet.dir) if n["name"] == "node1")["sshd"]:
+        if next(n for n in fleet_mod.status(fleet.dir) if n["name"] == "node1")["sshd"]:
+            fleet_mod.inject(fleet.dir, "node1", "clear")
+        else:  # taken away at the deadline: back, as a new boot (its simulator starts without a notice), with its agent
             fleet_mod.restart_node(fleet.dir, "node1")
             agents(fleet, port, secret, hosts="node1")
         remove(fleet, name)
@@ -113,10 +114,16 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=20.0, help="lost.grace: the wait before a silent node is lost")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--net", type=int, default=66, help="third octet of the fleet's loopback addresses")
+    parser.add_argument("--cases", default="fits easily,barely,does not fit", help="which bandwidths (comma-separated)")
     args = parser.parse_args()
     workdir = Path(__import__("tempfile").mkdtemp(prefix="spot-plan-bench-"))
     window = WINDOW_S - 5.0
     bandwidths = {"fits easily": window / 5, "barely": window * 0.6, "does not fit": window * 2}
+    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in bandwidths]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(bandwidths)}")
+    bandwidths = {k: v for k, v in bandwidths.items() if k in wanted}
     results: dict = {"size_mib": args.size_mb, "window_s": WINDOW_S, "safety_margin_s": 5.0, "cases": {}}
     with local_fleet(workdir / "fleet", nodes=2, standby=1, clouds=("gcp",),
                      base_address=f"127.0.{args.net}.10") as fleet:

@@ -34,9 +34,10 @@ PARTS = {
               ["--notices", "3", "--sweep-notices", "3", "--sweep-interval", "3", "--eight", "2", "--sweep-sizes", "2,4"]),
     "prevention": ("prevention.py", ["--size-mb", "1024", "--losses", "2"],
                    ["--size-mb", "4", "--losses", "1", "--every", "300", "--grace", "10"]),
+    "plan": ("plan_bench.py", ["--size-mb", "1024"], ["--size-mb", "4", "--grace", "10", "--cases", "fits easily"]),
 }
 OUTPUTS = {"checkpoint": "checkpoint_bench.json", "migration": "migration.json", "watch": "watch.json",
-           "prevention": "prevention.json"}
+           "prevention": "prevention.json", "plan": "plan.json"}
 
 
 def machine() -> str:
@@ -65,6 +66,8 @@ def run_part(name: str, args: list[str], out: Path, net: int) -> float:
         argv += ["--net", str(net)]
     elif name == "prevention":
         argv += ["--net", str(net + 3)]
+    elif name == "plan":
+        argv += ["--net", str(net + 6)]
     print(f"== {name}: {' '.join(argv[1:])}", flush=True)
     start = time.monotonic()
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
@@ -163,6 +166,16 @@ def figures(parts: dict, mach: str, date: str, smoke: bool) -> dict:
         put("p11_controller_cpu_s_per_migration", ours.get("controller_cpu_s"), "s",
             f"controller CPU seconds of one migration ({size}): ansible-runner, ansible-playbook, its forks and the "
             "ssh clients (getrusage)", {f"{before} s": old.get("controller_cpu_s")}, "migration")
+    plan = parts.get("plan")
+    if plan and plan.get("cases"):
+        on, off = plan["cases"].get("does not fit, plan") or {}, plan["cases"].get("does not fit, today") or {}
+        put("p12_plan_does_not_fit_notice_to_running_s", on.get("notice_to_running_s"), "s",
+            f"notice -> training again for a {plan['size_mib']} MiB job whose checkpoint cannot move within the "
+            f"{plan['window_s']:g} s window (GCP's preemption), with the plan against the deadline (way taken: "
+            f"{on.get('way')}); the node is taken away at the deadline",
+            {"today's behaviour s": off.get("notice_to_running_s"), "today's way": off.get("way"),
+             "steps lost, plan": on.get("steps_lost"), "steps lost, today": off.get("steps_lost"),
+             "checkpoint interval steps": on.get("checkpoint_interval_steps")}, "plan")
     ck = parts.get("checkpoint")
     if ck:
         h = ck["manifest_hashing"]
@@ -265,6 +278,21 @@ def markdown(figs: dict, parts: dict, mach: str, date: str, smoke: bool, duratio
         lines.append(f"\nCheckpoint every {loss.get('checkpoint_every_steps')} steps of 10 ms; "
                      f"{loss.get('within_one_interval')}/{loss.get('n')} losses within one interval; lost.grace "
                      f"{loss.get('grace_s')} s (the wait before a silent, unreachable node is declared lost).")
+    plan = parts.get("plan")
+    if plan and plan.get("cases"):
+        lines += ["", f"## The plan against the deadline ({plan['size_mib']} MiB, GCP preemption: {plan['window_s']:g} s, "
+                  f"{plan['window_s'] - plan['safety_margin_s']:g} s after the margin)", "",
+                  "The node pair throttled (rsync `--bwlimit`, replication and migration alike) so the checkpoint moves "
+                  "in a fifth of the window, in most of it, or in twice it; at the deadline the node is taken away.", "",
+                  "| case | bandwidth | notice -> training again | steps lost | checkpoint interval | way | "
+                  "predicted (emergency / replica) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for key, c in plan["cases"].items():
+            pred = c.get("predicted_s") or {}
+            lines.append(f"| {key} | {fmt(c.get('bandwidth_mib_s'))} MiB/s | {fmt(c.get('notice_to_running_s'))} s | "
+                         f"{fmt(c.get('steps_lost'))} | {fmt(c.get('checkpoint_interval_steps'))} | {c.get('way')} | "
+                         f"{fmt(pred.get('emergency'))} / {fmt(pred.get('replica'))} s |")
+        lines.append("\nSteps lost count from the last step trained on the node: a job resumed from its emergency "
+                     "checkpoint has still trained on while it was moved (the steps after the signal).")
     ck = parts.get("checkpoint")
     if ck:
         h = ck["manifest_hashing"]
