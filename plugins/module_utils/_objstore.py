@@ -1,0 +1,170 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) spot.migration contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Checkpoint replicas in object storage (S3, Google Cloud Storage, Azure Blob Storage), through rclone on the node.
+
+The store is an rclone remote, ``name:bucket/prefix``, configured on the node (``rclone.conf`` or ``RCLONE_CONFIG_*``
+variables written by the agent role; in production the node's own instance credentials): no credential is ever an
+argument, a result or a log line here. Per workload, under the remote::
+
+    <workload>/step-<n>/data/<checkpoint>   the checkpoint's files (a directory's, or the one file)
+    <workload>/step-<n>/manifest.json       its sha256 manifest, uploaded once every data object is there
+    <workload>/latest.json                  {step, name, is_dir, bytes, files}, uploaded last
+
+A replica is there for a restore only once ``latest.json`` names it: an upload cut short leaves the previous
+``latest.json`` and its objects as they were, and is never restored (the next upload of the same step starts it
+again). The newest ``keep`` steps stay, never the one ``latest.json`` names removed. A restore downloads one step into
+a staging directory and the caller verifies every file against the manifest before renaming it into place, so a
+torn or tampered object is refused. Standard library only; commands through ``run(argv) -> (rc, out, err)``.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import json
+import os
+import re
+import tempfile
+import time
+
+from ._checkpoint import MANIFEST_NAME, manifest_path
+
+__metaclass__ = type
+
+LATEST = 'latest.json'
+REMOTE_RE = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]*:[A-Za-z0-9_.\-/]*$')
+STEP_RE = re.compile(r'^step-(\d+)/?$')
+
+
+class StoreError(Exception):
+    """An object-storage operation failed; the message names the remote path and rclone's own words."""
+
+    def __init__(self, message, **details):
+        super(StoreError, self).__init__(message)
+        self.details = details
+
+
+def check_remote(remote):
+    """``name:bucket/prefix`` with a plain name and path (letters, digits, ``_.-/``): it is an rclone argument."""
+    text = '' if remote is None else str(remote)
+    if not REMOTE_RE.match(text) or '..' in text.split(':', 1)[1].split('/'):
+        raise StoreError('object store %r is not an rclone remote like name:bucket/prefix (letters, digits and "_.-/" '
+                         'only, no "..")' % text, remote=text)
+    return text.rstrip('/')
+
+
+class Store:
+    """One rclone remote. ``transfers``: parallel streams (rclone's ``--transfers`` and ``--multi-thread-streams``)."""
+
+    def __init__(self, run, remote, transfers=4, rclone='rclone', bwlimit=0):
+        self.run = run
+        self.remote = check_remote(remote)
+        self.transfers = max(1, int(transfers))
+        self.rclone = rclone
+        self.bwlimit = int(bwlimit or 0)
+
+    def path(self, workload, *parts):
+        base = self.remote if self.remote.endswith(':') else self.remote + '/'
+        return base + '/'.join((workload,) + parts)
+
+    def _call(self, *args):
+        argv = [self.rclone] + list(args) + ['--transfers', str(self.transfers), '--checkers', str(self.transfers * 2),
+                                            '--multi-thread-streams', str(self.transfers), '--retries', '3',
+                                            '--low-level-retries', '10', '--contimeout', '15s', '--timeout', '120s',
+                                            '--use-server-modtime', '-q']
+        if self.bwlimit:
+            argv += ['--bwlimit', '%dk' % self.bwlimit]
+        try:
+            return self.run(argv)
+        except OSError as exc:
+            raise StoreError('%s could not be run (%s): install rclone on the node (Debian: apt install rclone)'
+                             % (self.rclone, exc))
+
+    def _must(self, what, *args):
+        rc, out, err = self._call(*args)
+        if rc != 0:
+            raise StoreError('%s failed (rclone exit %s): %s' % (what, rc, (err or out).strip()[-600:]), rc=rc)
+        return out
+
+    # ------------------------------------------------------------------ reading
+    def latest(self, workload):
+        """What ``latest.json`` names (None when the workload has no replica there yet)."""
+        rc, out, err = self._call('cat', self.path(workload, LATEST))
+        if rc != 0:
+            if rc in (3, 4) or 'not found' in (err or '').lower():  # rclone: 3 directory, 4 file not found
+                return None
+            raise StoreError('reading %s failed (rclone exit %s): %s' % (self.path(workload, LATEST), rc,
+                                                                          (err or out).strip()[-600:]), rc=rc)
+        try:
+            data = json.loads(out)
+        except ValueError:
+            raise StoreError('%s is not JSON: %r' % (self.path(workload, LATEST), out[:200]))
+        if not isinstance(data, dict) or not isinstance(data.get('step'), int) or not data.get('name'):
+            raise StoreError('%s does not name a step and a checkpoint: %r' % (self.path(workload, LATEST), data))
+        return data
+
+    def steps(self, workload):
+        """The steps stored for ``workload`` (complete or not), ascending."""
+        rc, out, err = self._call('lsf', '--dirs-only', self.path(workload))
+        if rc != 0:
+            return []
+        found = [STEP_RE.match(line.strip()) for line in out.splitlines()]
+        return sorted(int(m.group(1)) for m in found if m)
+
+    # ------------------------------------------------------------------ writing
+    def upload(self, workload, checkpoint, is_dir, step, keep=2, clock=time.time):
+        """Upload one sealed checkpoint as step ``step``: data, then manifest, then ``latest.json``; then keep the
+        newest ``keep``. Returns ``{step, name, bytes, files, seconds}``."""
+        start = clock()
+        manifest = manifest_path(checkpoint)
+        with open(manifest) as handle:
+            sealed = json.load(handle)
+        name = os.path.basename(checkpoint.rstrip('/'))
+        data = self.path(workload, 'step-%d' % int(step), 'data', name)
+        if is_dir:
+            self._must('upload of %s' % checkpoint, 'copy', checkpoint.rstrip('/') + '/', data,
+                       '--exclude', '/' + MANIFEST_NAME)
+        else:
+            self._must('upload of %s' % checkpoint, 'copyto', checkpoint, data)
+        self._must('upload of the manifest of %s' % checkpoint, 'copyto', manifest,
+                   self.path(workload, 'step-%d' % int(step), 'manifest.json'))
+        latest = {'step': int(step), 'name': name, 'is_dir': bool(is_dir), 'bytes': sealed.get('total_bytes'),
+                  'files': sealed.get('file_count'), 'uploaded_at': clock()}
+        fd, tmp = tempfile.mkstemp(prefix='.spot-latest-', suffix='.json')
+        try:
+            with os.fdopen(fd, 'w') as handle:
+                json.dump(latest, handle, sort_keys=True)
+            self._must('publishing step %s of %s' % (step, workload), 'copyto', tmp, self.path(workload, LATEST))
+        finally:
+            os.unlink(tmp)
+        self.prune(workload, keep, int(step))
+        return dict(latest, seconds=round(clock() - start, 3))
+
+    def prune(self, workload, keep, current):
+        """Remove stored steps beyond the newest ``keep`` (never ``current``, the one ``latest.json`` names)."""
+        steps = self.steps(workload)
+        newest = set(sorted((s for s in steps if s <= current), reverse=True)[:max(1, int(keep))]) | {current}
+        for old in steps:
+            if old not in newest and old < current:
+                self._call('purge', self.path(workload, 'step-%d' % old))
+
+    # ------------------------------------------------------------------ restoring
+    def download(self, workload, staging, latest=None):
+        """Download the step ``latest`` names (the newest published one by default) into ``staging``: the
+        checkpoint at ``staging/<name>`` with its manifest beside it (a file) or in it (a directory), unverified - the
+        caller verifies before anything is renamed into place. Returns ``{staged, step, name, is_dir, bytes}``."""
+        latest = latest or self.latest(workload)
+        if latest is None:
+            raise StoreError('no published replica of %s in %s: nothing to restore' % (workload, self.remote))
+        step, name = int(latest['step']), os.path.basename(str(latest['name']))
+        staged = os.path.join(staging, name)
+        source = self.path(workload, 'step-%d' % step, 'data', name)
+        if latest.get('is_dir'):
+            self._must('download of step %s of %s' % (step, workload), 'copy', source + '/', staged + '/')
+        else:
+            self._must('download of step %s of %s' % (step, workload), 'copyto', source, staged)
+        self._must('download of the manifest of step %s of %s' % (step, workload), 'copyto',
+                   self.path(workload, 'step-%d' % step, 'manifest.json'),
+                   os.path.join(staged, MANIFEST_NAME) if latest.get('is_dir') else staged + MANIFEST_NAME)
+        return {'staged': staged, 'step': step, 'name': name, 'is_dir': bool(latest.get('is_dir')),
+                'bytes': latest.get('bytes')}

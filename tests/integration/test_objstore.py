@@ -1,0 +1,111 @@
+"""Replicas in object storage through real rclone (module_utils/_objstore.py): here on rclone's local backend, so the
+layout, the order of writes, torn uploads, tampered objects and keeping the last K are checked on every machine;
+tests/fleet/test_objstore_services.py runs the same against S3-, GCS- and Azure-Blob-compatible servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.spot.migration.plugins.module_utils import _agent, _checkpoint, _objstore
+
+pytestmark = pytest.mark.skipif(shutil.which("rclone") is None, reason="needs rclone (make setup installs it)")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("RCLONE_CONFIG_LOCALSTORE_TYPE", "local")
+    monkeypatch.setenv("RCLONE_CONFIG", str(tmp_path / "no-rclone.conf"))
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    return _objstore.Store(_agent._run, f"localstore:{bucket}/replicas"), bucket / "replicas"
+
+
+def sealed_file(directory: Path, step: int, payload: bytes) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"step-{step:08d}.bin"
+    path.write_bytes(payload)
+    _checkpoint.seal(str(path), step=step)
+    return str(path)
+
+
+def restore(store, tmp_path, name="job"):
+    staging = tmp_path / f"staging-{len(list(tmp_path.glob('staging-*')))}"
+    staging.mkdir()
+    got = store.download(name, str(staging))
+    return got, _checkpoint.verify(got["staged"])
+
+
+def test_a_file_goes_data_manifest_latest_and_comes_back_verified(store, tmp_path):
+    s, root = store
+    ck = sealed_file(tmp_path / "src", 7, os.urandom(300_000))
+    done = s.upload("job", ck, False, 7)
+    assert done["step"] == 7 and done["bytes"] == 300_000 and done["name"] == os.path.basename(ck)
+    assert json.loads((root / "job" / "latest.json").read_text())["step"] == 7
+    assert (root / "job" / "step-7" / "manifest.json").exists()
+    got, checked = restore(s, tmp_path)
+    assert got["step"] == 7 and checked["step"] == 7 and checked["total_bytes"] == 300_000
+
+
+def test_a_directory_goes_without_its_manifest_among_the_data(store, tmp_path):
+    s, root = store
+    ck = tmp_path / "src" / "step-00000009"
+    ck.mkdir(parents=True)
+    for i in range(3):
+        (ck / f"shard-{i}.bin").write_bytes(os.urandom(10_000))
+    _checkpoint.seal(str(ck), step=9)
+    s.upload("job", str(ck), True, 9)
+    assert not (root / "job" / "step-9" / "data" / ck.name / ".spot-manifest.json").exists()
+    _got, checked = restore(s, tmp_path)
+    assert checked["file_count"] == 3 and checked["step"] == 9
+
+
+def test_an_upload_cut_short_is_never_restored(store, tmp_path):
+    s, root = store
+    s.upload("job", sealed_file(tmp_path / "src", 1, b"one" * 1000), False, 1)
+    # Step 2's data went up, the upload died before its manifest and latest.json.
+    ck2 = sealed_file(tmp_path / "src", 2, b"two" * 1000)
+    s._must("data only", "copyto", ck2, s.path("job", "step-2", "data", os.path.basename(ck2)))
+    assert s.steps("job") == [1, 2]
+    got, checked = restore(s, tmp_path)
+    assert got["step"] == 1 and checked["step"] == 1
+
+
+def test_a_tampered_object_is_refused(store, tmp_path):
+    s, root = store
+    ck = sealed_file(tmp_path / "src", 3, os.urandom(50_000))
+    s.upload("job", ck, False, 3)
+    obj = root / "job" / "step-3" / "data" / os.path.basename(ck)
+    data = bytearray(obj.read_bytes())
+    data[100] ^= 0xFF
+    obj.write_bytes(bytes(data))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    got = s.download("job", str(staging))
+    with pytest.raises(_checkpoint.CheckpointError, match="sha256"):
+        _checkpoint.verify(got["staged"])
+
+
+def test_only_the_last_k_stay_and_never_the_published_one_goes(store, tmp_path):
+    s, _root = store
+    for step in (1, 2, 3, 4):
+        s.upload("job", sealed_file(tmp_path / "src", step, os.urandom(1000)), False, step, keep=2)
+    assert s.steps("job") == [3, 4]
+    assert s.latest("job")["step"] == 4
+    assert s.latest("nothing-here") is None
+
+
+@pytest.mark.parametrize("remote", ["no-colon", "-x:bucket", "s3:bucket/../other", "s3:bucket/a b", "s3:bucket;rm"])
+def test_a_remote_that_is_not_a_plain_name_and_path_is_refused(remote):
+    with pytest.raises(_objstore.StoreError, match="is not an rclone remote"):
+        _objstore.check_remote(remote)
+
+
+def test_without_rclone_the_error_says_what_to_install(tmp_path):
+    s = _objstore.Store(_agent._run, "s3:bucket", rclone=str(tmp_path / "no-rclone"))
+    with pytest.raises(_objstore.StoreError, match="install rclone"):
+        s.latest("job")
