@@ -35,9 +35,11 @@ PARTS = {
     "prevention": ("prevention.py", ["--size-mb", "1024", "--losses", "2"],
                    ["--size-mb", "4", "--losses", "1", "--every", "300", "--grace", "10"]),
     "plan": ("plan_bench.py", ["--size-mb", "1024"], ["--size-mb", "4", "--grace", "10", "--cases", "fits easily"]),
+    "objstore": ("objstore_bench.py", ["--size-mb", "1024", "--repeat", "3"],
+                 ["--size-mb", "4", "--repeat", "1", "--services", "s3"]),
 }
 OUTPUTS = {"checkpoint": "checkpoint_bench.json", "migration": "migration.json", "watch": "watch.json",
-           "prevention": "prevention.json", "plan": "plan.json"}
+           "prevention": "prevention.json", "plan": "plan.json", "objstore": "objstore.json"}
 
 
 def machine() -> str:
@@ -176,6 +178,18 @@ def figures(parts: dict, mach: str, date: str, smoke: bool) -> dict:
             {"today's behaviour s": off.get("notice_to_running_s"), "today's way": off.get("way"),
              "steps lost, plan": on.get("steps_lost"), "steps lost, today": off.get("steps_lost"),
              "checkpoint interval steps": on.get("checkpoint_interval_steps")}, "plan")
+    store = (parts.get("objstore") or {}).get("services") or {}
+    if store.get("s3"):
+        s3 = store["s3"]
+        put("p13_store_upload_vs_rclone_copy", s3["upload_ratio"], "x",
+            f"a {s3['size_mib']} MiB checkpoint (4 shards) into S3 (moto's server on loopback): our upload (data, "
+            "manifest, latest.json, pruning) divided by a bare rclone copy of the same bytes (median of "
+            f"{parts['objstore']['repeat']})", {"ours s": s3["seconds"]["upload ours"],
+                                                "rclone copy s": s3["seconds"]["upload rclone copy"]}, "objstore")
+        put("p14_store_restore_vs_rclone_copy", s3["restore_ratio"], "x",
+            f"the same back: our restore (download and sha256 of every file against the manifest) divided by a bare "
+            "rclone copy", {"ours s": s3["seconds"]["restore ours"],
+                            "rclone copy s": s3["seconds"]["restore rclone copy"]}, "objstore")
     ck = parts.get("checkpoint")
     if ck:
         h = ck["manifest_hashing"]
@@ -293,6 +307,20 @@ def markdown(figs: dict, parts: dict, mach: str, date: str, smoke: bool, duratio
                          f"{fmt(pred.get('emergency'))} / {fmt(pred.get('replica'))} s |")
         lines.append("\nSteps lost count from the last step trained on the node: a job resumed from its emergency "
                      "checkpoint has still trained on while it was moved (the steps after the signal).")
+    store = parts.get("objstore")
+    if store and store.get("services"):
+        lines += ["", f"## Replicas in object storage ({store['rclone']}, {store['transfers']} streams, median of "
+                  f"{store['repeat']})", "",
+                  "| service | MiB | upload ours | rclone copy | ours / bare | restore + verify ours | rclone copy | "
+                  "ours / bare |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for kind, r in store["services"].items():
+            t = r["seconds"]
+            lines.append(f"| {kind} | {r.get('size_mib', store['size_mib'])} | {fmt(t['upload ours'])} s | "
+                         f"{fmt(t['upload rclone copy'])} s | {fmt(r['upload_ratio'])}x | {fmt(t['restore ours'])} s | "
+                         f"{fmt(t['restore rclone copy'])} s | {fmt(r['restore_ratio'])}x |")
+        lines.append("\nServers on loopback started by the bench (moto's S3 server mode, gcp-storage-emulator); the GCS "
+                     "emulator takes objects of 16 MiB at most from rclone 1.60 (a resumable upload's 308), hence its "
+                     "smaller size.")
     ck = parts.get("checkpoint")
     if ck:
         h = ck["manifest_hashing"]

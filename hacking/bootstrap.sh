@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests and the local fleet use.
 # openjdk-17-jre-headless: ansible-rulebook's rule engine (drools through jpy).
 # prometheus: promtool and a real Prometheus for the tests of contrib/prometheus and contrib/grafana.
-DEB_PACKAGES=(git rsync openssh-server openssh-client podman runc busybox-static shellcheck openjdk-17-jre-headless prometheus)
+DEB_PACKAGES=(git rsync openssh-server openssh-client podman runc busybox-static shellcheck openjdk-17-jre-headless prometheus rclone)
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

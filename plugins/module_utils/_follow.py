@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 
+from . import _objstore as objstore
 from . import _replica as rep
 from ._checkpoint import MANIFEST_NAME, CheckpointError
 from ._common import Warning_
@@ -97,6 +98,11 @@ def check_plan(items):
         if not isinstance(item['ssh'], list) or not all(isinstance(a, str) for a in item['ssh']):
             raise ValueError('replicate plan item for %s: ssh %r is not an argv list' % (item['workload'], item['ssh']))
         rsync_rsh(item['ssh'])
+        if item.get('store'):
+            try:
+                objstore.check_remote(item['store'])
+            except objstore.StoreError as exc:
+                raise ValueError('replicate plan item for %s: %s' % (item['workload'], exc))
         plan[item['workload']] = item
     return plan
 
@@ -150,6 +156,12 @@ class Follower:
                                          'step': int(last) if last is not None and int(last) >= 0 else None,
                                          'source_step': None, 'source_mtime': None, 'bytes': None, 'error': None,
                                          'replicated_at': None, 'seconds': None}
+                status = self.status[name]
+                if item.get('store') and status.get('store') != item['store']:
+                    last = item.get('store_last_step')
+                    status.update({'store': item['store'], 'store_error': None, 'store_at': None,
+                                   'store_seconds': None, 'store_bytes': None,
+                                   'store_step': int(last) if last is not None and int(last) >= 0 else None})
             for name in set(self.status) - set(plan):
                 del self.status[name]
             self.plan = plan
@@ -219,20 +231,42 @@ class Follower:
             rc, out, err = self.run_cmd(argv + options + sources + [dest], timeout=self.timeout)
         if rc == 0:
             rc, out, err = self.run_cmd(argv + sources + [dest], timeout=self.timeout)
-        shutil.rmtree(hold_dir, ignore_errors=True)
         if rc != 0:
+            shutil.rmtree(hold_dir, ignore_errors=True)
             self._remote(item, {'action': 'discard', 'root': item['root'], 'incoming': held['incoming']})
             return self._failed(name, 'copy of step %s to %s failed (rsync exit %s): %s'
                                 % (held['step'], item['host'], rc, (err or out).strip()[-400:]))
         result = self._remote(item, {'action': 'publish', 'root': item['root'], 'incoming': held['incoming'],
                                      'step': held['step'], 'keep': int(item.get('keep') or 2)})
         if result.get('failed'):
+            shutil.rmtree(hold_dir, ignore_errors=True)
             return self._failed(name, 'step %s not published on %s: %s' % (held['step'], item['host'], result.get('msg')))
         with self.lock:
             status.update({'step': int(held['step']), 'bytes': held['bytes'], 'error': None,
                            'replicated_at': self.clock(), 'seconds': round(self.clock() - start, 3),
                            'replica_mtime': held['mtime'], 'name': name_now})
+        if item.get('store'):
+            self._to_store(item, held, status)
+        shutil.rmtree(hold_dir, ignore_errors=True)
         return True
+
+    def _to_store(self, item, held, status):
+        """The same held, sealed checkpoint into the object store (after the node replica: that one is the fast
+        path, the store the one a lost zone does not take along). A failure is recorded, the node replica stands."""
+        store = objstore.Store(lambda argv: self.run_cmd(argv, timeout=self.timeout), item['store'],
+                               transfers=int(item.get('store_transfers') or 4), bwlimit=int(item.get('bwlimit') or 0))
+        try:
+            done = store.upload(item['workload'], held['held'], held['is_dir'], int(held['step']),
+                                keep=int(item.get('store_keep') or item.get('keep') or 2), clock=self.clock)
+        except (objstore.StoreError, OSError, ValueError) as exc:
+            with self.lock:
+                if status.get('store_error') != str(exc):
+                    self.log(Warning_('replication of %s to %s: %s' % (item['workload'], item['store'], exc)))
+                status['store_error'] = str(exc)
+            return
+        with self.lock:
+            status.update({'store_step': done['step'], 'store_bytes': done['bytes'], 'store_error': None,
+                           'store_at': self.clock(), 'store_seconds': done['seconds']})
 
     def _failed(self, name, error):
         with self.lock:

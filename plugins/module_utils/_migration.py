@@ -585,6 +585,49 @@ def _from_replica(placement, final_dir, name, check_mode):
     return checked, final, True
 
 
+def _newest_replica(placement, final_dir, name, check_mode, run, root, migration_id):
+    """A replica placement that may also name an object store (``store``): resume from the newer of the replica on
+    this node and the one published in the store (the node's when they are the same step: nothing to download).
+    From the store, the step ``latest.json`` names is downloaded into this node's staging directory, verified against
+    its manifest and renamed into place (a torn or tampered object is refused, nothing renamed)."""
+    from ._objstore import Store, StoreError
+    node_latest = None
+    if placement.get('replica_root'):
+        from ._replica import info
+        try:
+            node_latest = info(check_root(placement['replica_root'], 'replica_root of %s' % name))['latest']
+        except (OSError, MigrationError):
+            node_latest = None
+    store = Store(run, placement['store'], transfers=int(placement.get('store_transfers') or 4))
+    try:
+        stored = store.latest(name)
+    except StoreError as exc:
+        if node_latest is None:
+            raise MigrationError('no replica of %s on %s and the object store cannot be read: %s' % (name, root, exc))
+        stored = None
+    node_step = node_latest.get('step') if node_latest else None
+    if stored is None or (node_step is not None and int(node_step) >= int(stored['step'])):
+        checked, final, moved = _from_replica(placement, final_dir, name, check_mode)
+        return checked, final, moved, 'replica'
+    final = inside(final_dir, os.path.join(final_dir, os.path.basename(str(stored['name']))), 'checkpoint of %s' % name)
+    if os.path.exists(final):
+        return verify(final), final, False, 'store'
+    staging = staging_dir(root or os.path.dirname(final_dir), migration_id)
+    if check_mode:
+        return {'step': stored['step'], 'total_bytes': stored.get('bytes')}, final, True, 'store'
+    try:
+        got = store.download(name, staging, stored)
+    except StoreError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise MigrationError('restoring %s from %s failed: %s' % (name, placement['store'], exc))
+    try:
+        checked, moved = _put_in_place(got['staged'], final, got['is_dir'], staging, check_mode)
+    except CheckpointError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return checked, final, moved, 'store'
+
+
 def target_place(run, which, migration_id, here, placements, here_root, check_mode, workload_root=None,
                  container_cli=None):
     """Verify, rename into place and start each workload assigned here."""
@@ -594,6 +637,7 @@ def target_place(run, which, migration_id, here, placements, here_root, check_mo
     for p in placements:
         name = p['name']
         mid = check_id(p.get('migration_id') or migration_id)
+        came_from = p.get('transfer')
         spec = target_spec(p, root)
         build_spec(dict(spec, resume_from=None))  # a bad spec fails here, before anything is renamed
         final_dir = check_root(spec.get('checkpoint_dir'), 'checkpoint_dir of %s' % name)
@@ -601,6 +645,8 @@ def target_place(run, which, migration_id, here, placements, here_root, check_mo
             staged = final = p['checkpoint']
             checked = verify(final)
             moved = False
+        elif p.get('transfer') == 'replica' and p.get('store'):
+            checked, final, moved, came_from = _newest_replica(p, final_dir, name, check_mode, run, root, mid)
         elif p.get('transfer') == 'replica':
             checked, final, moved = _from_replica(p, final_dir, name, check_mode)
         else:
@@ -625,7 +671,8 @@ def target_place(run, which, migration_id, here, placements, here_root, check_mo
         rows[name] = {'checkpoint': final, 'step': checked.get('step', p.get('step')), 'verified_at': verified_at,
                       'started_at': iso(started_at), 'started_epoch': started_at, 'checkpoint_dir': final_dir,
                       'bytes_verified': checked.get('total_bytes'), 'workload': started.get('workload'),
-                      'migration_id': mid, 'source': p.get('source'), 'owner': p.get('owner')}
+                      'migration_id': mid, 'source': p.get('source'), 'owner': p.get('owner'),
+                      'resumed_from_kind': came_from}
     return {'changed': changed, 'placed': rows,
             'migration': {'id': migration_id, 'step': 'started', 'target': here, 'workloads': rows}}
 

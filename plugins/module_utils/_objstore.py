@@ -4,9 +4,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Checkpoint replicas in object storage (S3, Google Cloud Storage, Azure Blob Storage), through rclone on the node.
 
-The store is an rclone remote, ``name:bucket/prefix``, configured on the node (``rclone.conf`` or ``RCLONE_CONFIG_*``
-variables written by the agent role; in production the node's own instance credentials): no credential is ever an
-argument, a result or a log line here. Per workload, under the remote::
+The store is an rclone remote, ``name:bucket/prefix``, configured on the node by its owner (the node user's
+``rclone.conf``; in production with the node's own instance credentials: ``env_auth``, a GCE service account,
+an Azure managed identity): no credential is ever an argument, a result or a log line here. Per workload, under the remote::
 
     <workload>/step-<n>/data/<checkpoint>   the checkpoint's files (a directory's, or the one file)
     <workload>/step-<n>/manifest.json       its sha256 manifest, uploaded once every data object is there

@@ -498,7 +498,8 @@ def records(the_plan, check_mode, per_source, finished_at=None):
                 'verified_on_target_at': placed.get('verified_at'), 'started_on_target_at': placed.get('started_at'),
                 'resumed_at': progress.get('resumed_at'),
                 'resumed_step': m.get('step') if m.get('step') is not None else placed.get('step'),
-                'resumed_from': placed.get('checkpoint'), 'first_new_step': progress.get('first_new_step'),
+                'resumed_from': placed.get('checkpoint'), 'resumed_from_kind': placed.get('resumed_from_kind'),
+                'first_new_step': progress.get('first_new_step'),
                 'first_new_checkpoint_at': progress.get('first_new_checkpoint_at'),
                 'restarted_on_source': bool(m.get('restarted_on_source')),
                 'outcome': 'running' if progress.get('first_new_step') is not None else (

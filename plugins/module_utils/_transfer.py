@@ -293,7 +293,7 @@ class RsyncPush(Transfer):
         def copy():
             try:
                 box['sent'] = self._rsync(checkpoint, size, data, via, staging, staged, is_dir, link_dest,
-                                          ['--exclude=/' + MANIFEST_NAME] if is_dir else [], self.progress, until)
+                                          ['--exclude=/' + MANIFEST_NAME, '--exclude=/.%s.*.tmp' % MANIFEST_NAME] if is_dir else [], self.progress, until)
             except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread below
                 box['error'] = exc
         worker = threading.Thread(target=copy, name='rsync')

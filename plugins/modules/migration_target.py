@@ -56,6 +56,9 @@ options:
     description:
       - The workloads to place here, each C({name, checkpoint, is_dir, step, spec, gpus, source_root, transfer}) as the
         source's V(release) step sealed them (see M(spot.migration.migration_source)).
+      - C(transfer=replica) resumes from the verified replica under the placement's C(replica_root) on this node; with
+        C(store) (an rclone remote, C(name:bucket/prefix), configured on this node) from the newer of that replica and
+        the one published in the object store, downloaded, verified against its manifest and renamed into place.
     type: list
     elements: dict
     default: []
@@ -157,7 +160,9 @@ notice:
   returned: step=describe
   type: dict
 placed:
-  description: Per workload, the checkpoint in place, its step, when it was verified and started.
+  description:
+    - Per workload, the checkpoint in place, its step, when it was verified and started, and C(resumed_from_kind)
+      (C(rsync), C(relay), C(shared), C(replica) or C(store)).
   returned: step=place
   type: dict
 progress:

@@ -57,6 +57,9 @@ def test_bench_smoke(tmp_path, ansible_env):
     assert set(report["parts"]["watch"]["sweep"]) == {"2", "4"}
     assert "4 MiB" in report["parts"]["migration"]["sizes"]
     assert report["parts"]["prevention"]["loss"]["n"] == 1
+    assert report["parts"]["objstore"]["services"]["s3"]["size_mib"] == 4
+    for key in ("p13_store_upload_vs_rclone_copy", "p14_store_restore_vs_rclone_copy"):
+        assert report[key]["value"] > 0, (key, report[key])
     text = (out / "results.md").read_text()
     assert "SMOKE RUN" in text and all(f"`{key}`" in text for key in HEADLINE)
     for name in ("detection", "migration", "scaling"):

@@ -64,6 +64,9 @@ class ReplicationConfig:
     bwlimit: int = 0                # rsync --bwlimit in KiB/s (0: none)
     capacity_every: int = 6         # rounds between asking what runs where and the GPUs (and when needed)
     reservation_ttl: float = 900.0  # the pre-reservation is renewed every round
+    store: str = ""                 # rclone remote (name:bucket/prefix): each replica also goes to object storage
+    store_keep: int = 0             # replicas kept in the store per workload (0: as keep)
+    store_transfers: int = 4        # parallel streams of an upload or a restore
 
 
 @dataclass

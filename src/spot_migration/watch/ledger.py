@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS fences (
 CREATE TABLE IF NOT EXISTS measurements (
     kind TEXT NOT NULL, key TEXT NOT NULL, value REAL NOT NULL, bytes INTEGER, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS measurements_key ON measurements (kind, key, at);
+CREATE TABLE IF NOT EXISTS store_replicas (
+    name TEXT PRIMARY KEY, store TEXT NOT NULL, step INTEGER, bytes INTEGER, at REAL, error TEXT);
 CREATE TABLE IF NOT EXISTS plans (migration_id TEXT PRIMARY KEY, plan TEXT NOT NULL, made_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS controller_jobs (
     migration_id TEXT NOT NULL, fence INTEGER NOT NULL, job INTEGER NOT NULL, launched_at REAL NOT NULL);
@@ -323,6 +325,19 @@ class Ledger:
 
     def measurements(self) -> list[dict]:
         return [dict(r) for r in self._db().execute("SELECT kind, key, value, bytes, at FROM measurements ORDER BY at")]
+
+    def store_replicated(self, name: str, store: str, step: int | None, size: int | None, at: float | None,
+                         error: str | None) -> None:
+        """What a workload's agent reports of its replica in object storage (the newest step published there)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO store_replicas (name, store, step, bytes, at, error) VALUES (?,?,?,?,?,?) "
+                       "ON CONFLICT(name) DO UPDATE SET store = excluded.store, error = excluded.error, "
+                       "step = COALESCE(excluded.step, store_replicas.step), "
+                       "bytes = COALESCE(excluded.bytes, store_replicas.bytes), at = COALESCE(excluded.at, store_replicas.at)",
+                       (name, store, step, size, at, error))
+
+    def store_replicas(self) -> dict[str, dict]:
+        return {r["name"]: dict(r) for r in self._db().execute("SELECT * FROM store_replicas")}
 
     def save_plan(self, migration_id: str, plan: dict) -> None:
         with self._tx() as db:

@@ -254,10 +254,16 @@ class Replicator:
         ssh = ["ssh", "-o", "BatchMode=yes"] + (["-F", src["ssh_config"]] if src.get("ssh_config")
                                                  else ["-p", str(dst.get("port") or 22)])
         python = dst.get("python") or "python3"
-        return {"workload": item["workload"], "replica": item["replica"], "checkpoint_dir": item["checkpoint_dir"],
-                "host": dst["host"], "ssh": ssh, "python": "python3" if python.startswith("auto") else python,
-                "root": item.get("replica_root") or f"{dst['root'].rstrip('/')}/.spot-replicas/{item['workload']}",
-                "keep": int(self.config.keep), "bwlimit": int(self.config.bwlimit), "last_step": item["last_step"]}
+        out = {"workload": item["workload"], "replica": item["replica"], "checkpoint_dir": item["checkpoint_dir"],
+               "host": dst["host"], "ssh": ssh, "python": "python3" if python.startswith("auto") else python,
+               "root": item.get("replica_root") or f"{dst['root'].rstrip('/')}/.spot-replicas/{item['workload']}",
+               "keep": int(self.config.keep), "bwlimit": int(self.config.bwlimit), "last_step": item["last_step"]}
+        if self.config.store:
+            stored = self.ledger.store_replicas().get(item["workload"]) or {}
+            out.update({"store": self.config.store, "store_keep": int(self.config.store_keep or self.config.keep),
+                        "store_transfers": int(self.config.store_transfers),
+                        "store_last_step": stored.get("step") if stored.get("store") == self.config.store else None})
+        return out
 
     def _hand_to_agents(self, plan: list[dict]) -> list[dict]:
         """Give the agents that can replicate their workloads' items; return what the playbook must do."""
@@ -291,6 +297,8 @@ class Replicator:
                 continue  # an old plan's report: the workload moved or has another replica node now
             new = report.get("step") is not None and (row["replica_step"] is None or report["step"] > row["replica_step"])
             self.ledger.replicated(row["name"], dict(report, replicated=new))
+            if report.get("store"):
+                self._store_report(node, row["name"], report)
             if new:
                 self.metrics.replications.labels("copied").inc()
                 seconds, size = report.get("seconds"), report.get("bytes")
@@ -303,6 +311,24 @@ class Replicator:
                 self.log(logs.warning(f"replication of {row['name']} to {row['replica']} (agent) failed: {report['error'][:300]}"))
         if event.get("replicas"):
             self.metrics.set_replicas(self.ledger.workloads(), time.time())
+
+    def _store_report(self, node: str, name: str, report: dict) -> None:
+        """The agent's word on the workload's replica in object storage: the newest step published there, or why not;
+        a new one's upload is measured (the plan against the deadline predicts a restore by it)."""
+        known = self.ledger.store_replicas().get(name) or {}
+        step = report.get("store_step")
+        new = step is not None and (known.get("step") is None or step > known["step"] or known.get("store") != report["store"])
+        self.ledger.store_replicated(name, report["store"], step, report.get("store_bytes"), report.get("store_at"),
+                                     report.get("store_error"))
+        if new:
+            self.metrics.replications.labels("copied").inc()
+            seconds, size = report.get("store_seconds"), report.get("store_bytes")
+            if isinstance(seconds, (int, float)) and isinstance(size, int) and seconds > 0 and size > 0:
+                self.ledger.measure([{"kind": "throughput", "key": f"{node}>store", "value": size / seconds,
+                                      "bytes": size, "at": time.time()}])
+        elif report.get("store_error") and report["store_error"] != known.get("error"):
+            self.metrics.replications.labels("failed").inc()
+            self.log(logs.warning(f"replication of {name} to {report['store']} (agent) failed: {report['store_error'][:300]}"))
 
     def _due(self) -> bool:
         """Wait for the next round: ``replication.interval`` seconds, or less when a warning asks for one (prestage).

@@ -358,11 +358,18 @@ class MigrationRunner:
         """The migration of a lost node: fence every copy there, resume each workload on its replica node."""
         node = m["source"]
         plan, skipped = [], []
+        stored = self.ledger.store_replicas() if self.config.replication.store else {}
         for w in self.ledger.workloads(node=node):
             self.ledger.fence(node, w["name"], migration_id)
-            if w["replica"] and w["replica_step"] is not None and w["replica_root"]:
-                plan.append({"name": w["name"], "spec": w["spec"], "replica": w["replica"], "replica_root": w["replica_root"],
-                             "gpus": w["replica_gpus"] or []})
+            in_store = (stored.get(w["name"]) or {}).get("step") is not None
+            if w["replica"] and w["replica_root"] and (w["replica_step"] is not None or in_store):
+                item = {"name": w["name"], "spec": w["spec"], "replica": w["replica"], "replica_root": w["replica_root"],
+                        "gpus": w["replica_gpus"] or []}
+                if in_store:
+                    # The replica node resumes it from the newer of its own replica and the one in object storage.
+                    item.update({"store": stored[w["name"]]["store"],
+                                 "store_transfers": int(self.config.replication.store_transfers)})
+                plan.append(item)
             else:
                 skipped.append(w["name"])
         self._advance(migration_id, fence, "checkpointing", detail=f"{node} lost: fenced its copies",
@@ -383,10 +390,13 @@ class MigrationRunner:
             res = data.get("res") or {}
             migration = res.get("migration") if isinstance(res, dict) else None
             if event.get("event") == "runner_on_ok" and isinstance(migration, dict) and migration.get("step") == "started":
+                rows = migration.get("workloads") or {}
+                stored = sorted(name for name, row in rows.items() if row.get("resumed_from_kind") == "store")
                 self._advance(migration_id, fence, "verified", detail=f"replica on {migration.get('target')}")
-                self._advance(migration_id, fence, "resuming", detail="from the replica")
-                results.extend({"name": name, "target": migration.get("target"), "step": row.get("step")}
-                               for name, row in (migration.get("workloads") or {}).items())
+                self._advance(migration_id, fence, "resuming", detail="from the replica" + (
+                    f" in object storage ({', '.join(stored)})" if stored else ""))
+                results.extend({"name": name, "target": migration.get("target"), "step": row.get("step"),
+                                "resumed_from_kind": row.get("resumed_from_kind")} for name, row in rows.items())
             elif event.get("event") in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
                 failures.append(f"{data.get('host')}: {res.get('msg') or res}"[:600])
 
