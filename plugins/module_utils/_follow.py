@@ -101,6 +101,7 @@ def check_plan(items):
         if item.get('store'):
             try:
                 objstore.check_remote(item['store'])
+                objstore.check_program(item.get('store_rclone') or 'rclone')
             except objstore.StoreError as exc:
                 raise ValueError('replicate plan item for %s: %s' % (item['workload'], exc))
         plan[item['workload']] = item
@@ -254,7 +255,8 @@ class Follower:
         """The same held, sealed checkpoint into the object store (after the node replica: that one is the fast
         path, the store the one a lost zone does not take along). A failure is recorded, the node replica stands."""
         store = objstore.Store(lambda argv: self.run_cmd(argv, timeout=self.timeout), item['store'],
-                               transfers=int(item.get('store_transfers') or 4), bwlimit=int(item.get('bwlimit') or 0))
+                               transfers=int(item.get('store_transfers') or 4), bwlimit=int(item.get('bwlimit') or 0),
+                               rclone=item.get('store_rclone') or 'rclone')
         try:
             done = store.upload(item['workload'], held['held'], held['is_dir'], int(held['step']),
                                 keep=int(item.get('store_keep') or item.get('keep') or 2), clock=self.clock)

@@ -24,6 +24,7 @@ import re
 import shutil
 import threading
 import time
+import uuid
 
 from ._common import write_json_atomic
 from ._gpu import gpu_facts
@@ -598,7 +599,8 @@ def _newest_replica(placement, final_dir, name, check_mode, run, root, migration
             node_latest = info(check_root(placement['replica_root'], 'replica_root of %s' % name))['latest']
         except (OSError, MigrationError):
             node_latest = None
-    store = Store(run, placement['store'], transfers=int(placement.get('store_transfers') or 4))
+    store = Store(run, placement['store'], transfers=int(placement.get('store_transfers') or 4),
+                  rclone=placement.get('store_rclone') or 'rclone')
     try:
         stored = store.latest(name)
     except StoreError as exc:
@@ -606,6 +608,10 @@ def _newest_replica(placement, final_dir, name, check_mode, run, root, migration
             raise MigrationError('no replica of %s on %s and the object store cannot be read: %s' % (name, root, exc))
         stored = None
     node_step = node_latest.get('step') if node_latest else None
+    if stored is None and node_latest is None:
+        raise MigrationError('no replica of %s: none published on %s%s nor in %s' % (
+            name, root or final_dir, ' (%s)' % placement['replica_root'] if placement.get('replica_root') else '',
+            placement['store']))
     if stored is None or (node_step is not None and int(node_step) >= int(stored['step'])):
         checked, final, moved = _from_replica(placement, final_dir, name, check_mode)
         return checked, final, moved, 'replica'
@@ -626,6 +632,22 @@ def _newest_replica(placement, final_dir, name, check_mode, run, root, migration
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return checked, final, moved, 'store'
+
+
+def restore_from_store(run, store, workload, checkpoint_dir, check_mode, transfers=4, rclone='rclone'):
+    """A job started from its replica in a bucket (deploy's ``restore_from``): the step ``latest.json`` names in
+    ``store`` downloaded into a staging directory beside ``checkpoint_dir`` (same file system), every file verified
+    against its manifest, then renamed into ``checkpoint_dir``. Idempotent: a copy already in place is verified and
+    left as it is. Returns ``{changed, restored: {checkpoint, step, bytes, store}}``; MigrationError naming the value
+    otherwise (nothing renamed, the staging directory removed)."""
+    check_id(workload, 'workload')
+    final_dir = check_root(checkpoint_dir, 'checkpoint_dir of %s' % workload)
+    placement = {'store': store, 'store_transfers': transfers, 'store_rclone': rclone}
+    checked, final, moved, _kind = _newest_replica(placement, final_dir, workload, check_mode, run,
+                                                   os.path.dirname(final_dir.rstrip(os.sep)) or os.sep,
+                                                   'restore-%s' % uuid.uuid4().hex[:12])
+    return {'changed': bool(moved), 'restored': {'checkpoint': final, 'step': checked.get('step'),
+                                                 'bytes': checked.get('total_bytes'), 'store': store}}
 
 
 def target_place(run, which, migration_id, here, placements, here_root, check_mode, workload_root=None,

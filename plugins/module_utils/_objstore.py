@@ -53,6 +53,17 @@ def check_remote(remote):
     return text.rstrip('/')
 
 
+PROGRAM_RE = re.compile(r'^(/[A-Za-z0-9_.+/-]+|[A-Za-z0-9_.+-]+)$')
+
+
+def check_program(program):
+    """The rclone program: a plain name looked up on the PATH, or an absolute path (it is argv[0], never a shell)."""
+    text = '' if program is None else str(program)
+    if not PROGRAM_RE.match(text) or '..' in text.split('/'):
+        raise StoreError('rclone program %r is neither a plain name nor an absolute path' % text, program=text)
+    return text
+
+
 class Store:
     """One rclone remote. ``transfers``: parallel streams (rclone's ``--transfers`` and ``--multi-thread-streams``)."""
 
@@ -60,18 +71,21 @@ class Store:
         self.run = run
         self.remote = check_remote(remote)
         self.transfers = max(1, int(transfers))
-        self.rclone = rclone
+        self.rclone = check_program(rclone)
         self.bwlimit = int(bwlimit or 0)
 
     def path(self, workload, *parts):
+        if not workload or '/' in str(workload) or str(workload) in ('.', '..') or str(workload).startswith('-'):
+            raise StoreError('workload %r cannot name a place in %s: it must be one plain name' % (workload, self.remote),
+                             workload=workload)
         base = self.remote if self.remote.endswith(':') else self.remote + '/'
         return base + '/'.join((workload,) + parts)
 
     def _call(self, *args):
-        argv = [self.rclone] + list(args) + ['--transfers', str(self.transfers), '--checkers', str(self.transfers * 2),
-                                            '--multi-thread-streams', str(self.transfers), '--retries', '3',
-                                            '--low-level-retries', '10', '--contimeout', '15s', '--timeout', '120s',
-                                            '--use-server-modtime', '-q']
+        options = ['--transfers', str(self.transfers), '--checkers', str(self.transfers * 2),
+                   '--multi-thread-streams', str(self.transfers), '--retries', '3', '--low-level-retries', '10',
+                   '--contimeout', '15s', '--timeout', '120s', '--use-server-modtime', '-q']
+        argv = [self.rclone] + list(args) + options
         if self.bwlimit:
             argv += ['--bwlimit', '%dk' % self.bwlimit]
         try:
@@ -93,8 +107,8 @@ class Store:
         if rc != 0:
             if rc in (3, 4) or 'not found' in (err or '').lower():  # rclone: 3 directory, 4 file not found
                 return None
-            raise StoreError('reading %s failed (rclone exit %s): %s' % (self.path(workload, LATEST), rc,
-                                                                          (err or out).strip()[-600:]), rc=rc)
+            why = (err or out).strip()[-600:]
+            raise StoreError('reading %s failed (rclone exit %s): %s' % (self.path(workload, LATEST), rc, why), rc=rc)
         try:
             data = json.loads(out)
         except ValueError:

@@ -21,6 +21,12 @@ description:
     directories older than an hour. A copy that fails verification is removed and the previous replicas stay as
     they were. Publishing a step that is already published changes nothing.
   - V(info) lists the published replicas (oldest first) and the newest; it changes nothing.
+  - V(restore) starts a job from its replica in object storage (the C(spot.migration.deploy) playbook's
+    C(restore_from)) - it runs on the node the job will start on. The step the store's C(latest.json) names for
+    O(workload) (see the watcher's C(replication.store)) is downloaded with C(rclone) into a staging directory beside
+    O(checkpoint_dir), every file is verified against its manifest, and only then renamed into O(checkpoint_dir). A
+    torn or tampered object is refused and nothing is renamed; a copy already in place is verified and left as it
+    is. The remote must be configured on the node (its rclone configuration or instance credentials).
   - V(hold) runs on the workload's own node. It finds the newest complete checkpoint under O(checkpoint_dir) and,
     when it is newer than O(after_step), hard-links it into O(hold_dir) (same file system, no bytes copied), checks
     the held copy again and seals it there with a manifest, so the job may delete its own copy (keep-last-N) while it
@@ -44,8 +50,22 @@ options:
       - Required unless O(action=hold).
     type: path
   checkpoint_dir:
-    description: With O(action=hold), the job's checkpoint directory.
+    description: With O(action=hold) or O(action=restore), the job's checkpoint directory.
     type: path
+  store:
+    description: With O(action=restore), the rclone remote the replicas are in, C(name:bucket/prefix).
+    type: str
+  workload:
+    description: With O(action=restore), the workload whose newest stored replica is restored.
+    type: str
+  store_transfers:
+    description: With O(action=restore), parallel streams of the download.
+    type: int
+    default: 4
+  store_rclone:
+    description: With O(action=restore), the rclone program on the node (a name on the PATH or an absolute path).
+    type: str
+    default: rclone
   hold_dir:
     description: With O(action=hold), where the hard-linked hold goes (emptied first); on the same file system.
     type: path
@@ -54,9 +74,11 @@ options:
     type: int
     default: -1
   action:
-    description: V(publish) verifies and publishes O(incoming); V(info) lists; V(hold) holds the newest checkpoint.
+    description:
+      - V(publish) verifies and publishes O(incoming); V(info) lists; V(hold) holds the newest checkpoint; V(restore)
+        puts the newest replica in object storage in place.
     type: str
-    choices: [publish, info, hold]
+    choices: [publish, info, hold, restore]
     default: info
   incoming:
     description: Name (in O(root)) of the directory the copy was made into, C(.incoming-<step>-<id>).
@@ -78,6 +100,14 @@ EXAMPLES = r'''
     incoming: .incoming-1200-3f2a
     step: 1200
     keep: 2
+
+- name: Start from the bucket - put the newest stored replica in place first
+  spot.migration.checkpoint_replica:
+    action: restore
+    store: "s3store:training-replicas/spot"
+    workload: llm-finetune
+    checkpoint_dir: /data/checkpoints/llm-finetune
+  register: restored
 
 - name: Which replicas are there
   spot.migration.checkpoint_replica:
@@ -154,6 +184,15 @@ latest:
     bytes: {description: Its size., type: int}
     published_at: {description: "When it was published, ISO 8601 UTC.", type: str}
     published_epoch: {description: The same in epoch seconds., type: float}
+restored:
+  description: With V(restore), the checkpoint put in place (or found in place already).
+  returned: action=restore
+  type: dict
+  contains:
+    checkpoint: {description: Its path in O(checkpoint_dir)., type: str}
+    step: {description: Its training step., type: int}
+    bytes: {description: Bytes verified., type: int}
+    store: {description: The remote it came from., type: str}
 incoming:
   description:
     - With V(info), the incoming directories (copies in progress or interrupted), a list.
@@ -163,7 +202,10 @@ incoming:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.spot.migration.plugins.module_utils._common import fail_on_exception
+from ansible_collections.spot.migration.plugins.module_utils._checkpoint import CheckpointError
+from ansible_collections.spot.migration.plugins.module_utils._common import command_runner, fail_on_exception
+from ansible_collections.spot.migration.plugins.module_utils._migration import MigrationError, restore_from_store
+from ansible_collections.spot.migration.plugins.module_utils._objstore import StoreError
 from ansible_collections.spot.migration.plugins.module_utils._replica import ReplicaError, hold, info, publish
 
 
@@ -171,7 +213,11 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             root=dict(type='path'),
-            action=dict(type='str', default='info', choices=['publish', 'info', 'hold']),
+            action=dict(type='str', default='info', choices=['publish', 'info', 'hold', 'restore']),
+            store=dict(type='str'),
+            workload=dict(type='str'),
+            store_transfers=dict(type='int', default=4),
+            store_rclone=dict(type='str', default='rclone'),
             checkpoint_dir=dict(type='path'),
             hold_dir=dict(type='path'),
             after_step=dict(type='int', default=-1),
@@ -180,11 +226,16 @@ def main():
             keep=dict(type='int', default=2),
         ),
         required_if=[('action', 'publish', ('root', 'incoming', 'step')), ('action', 'info', ('root',)),
-                     ('action', 'hold', ('checkpoint_dir', 'hold_dir'))],
+                     ('action', 'hold', ('checkpoint_dir', 'hold_dir')),
+                     ('action', 'restore', ('store', 'workload', 'checkpoint_dir'))],
         supports_check_mode=True,
     )
     p = module.params
-    with fail_on_exception(module, (ReplicaError,)):
+    with fail_on_exception(module, (ReplicaError, MigrationError, StoreError, CheckpointError)):
+        if p['action'] == 'restore':
+            result = restore_from_store(command_runner(module), p['store'], p['workload'], p['checkpoint_dir'],
+                                        module.check_mode, transfers=p['store_transfers'], rclone=p['store_rclone'])
+            module.exit_json(**result)
         if p['action'] == 'hold':
             if module.check_mode:
                 module.exit_json(changed=False, held=None, skipped_reason='check mode holds nothing')

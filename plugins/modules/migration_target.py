@@ -58,7 +58,8 @@ options:
         source's V(release) step sealed them (see M(spot.migration.migration_source)).
       - C(transfer=replica) resumes from the verified replica under the placement's C(replica_root) on this node; with
         C(store) (an rclone remote, C(name:bucket/prefix), configured on this node) from the newer of that replica and
-        the one published in the object store, downloaded, verified against its manifest and renamed into place.
+        the one published in the object store, downloaded, verified against its manifest and renamed into place
+        (C(store_transfers) parallel streams, C(store_rclone) the rclone program, default C(rclone) on the PATH).
     type: list
     elements: dict
     default: []

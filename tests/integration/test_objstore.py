@@ -105,7 +105,50 @@ def test_a_remote_that_is_not_a_plain_name_and_path_is_refused(remote):
         _objstore.check_remote(remote)
 
 
+@pytest.mark.parametrize("program", ["", "bin/rclone", "rclone; rm", "/opt/../bin/rclone", "-rclone x"])
+def test_an_rclone_program_that_is_not_a_name_or_an_absolute_path_is_refused(program):
+    with pytest.raises(_objstore.StoreError, match="neither a plain name nor an absolute path"):
+        _objstore.Store(_agent._run, "s3:bucket", rclone=program)
+
+
 def test_without_rclone_the_error_says_what_to_install(tmp_path):
     s = _objstore.Store(_agent._run, "s3:bucket", rclone=str(tmp_path / "no-rclone"))
     with pytest.raises(_objstore.StoreError, match="install rclone"):
         s.latest("job")
+
+
+def test_restore_from_store_puts_the_newest_in_place_verified_and_once(store, tmp_path):
+    from ansible_collections.spot.migration.plugins.module_utils._migration import restore_from_store
+    s, _bucket = store
+    for step in (1, 2):
+        s.upload("job", sealed_file(tmp_path / "src", step, os.urandom(3000)), False, step)
+    ck_dir = tmp_path / "node" / "checkpoints" / "job"
+    dry = restore_from_store(_agent._run, s.remote, "job", str(ck_dir), True, rclone=s.rclone)
+    assert dry["changed"] is True and dry["restored"]["step"] == 2 and not ck_dir.exists()
+    done = restore_from_store(_agent._run, s.remote, "job", str(ck_dir), False, rclone=s.rclone)
+    assert done["changed"] is True and done["restored"]["checkpoint"] == str(ck_dir / "step-00000002.bin")
+    assert _checkpoint.verify(done["restored"]["checkpoint"])["step"] == 2
+    assert not list((tmp_path / "node" / "checkpoints" / ".spot-staging").glob("*")), "staging removed"
+    again = restore_from_store(_agent._run, s.remote, "job", str(ck_dir), False, rclone=s.rclone)
+    assert again["changed"] is False and again["restored"]["step"] == 2
+
+
+def test_restore_from_store_refuses_a_tampered_replica_and_renames_nothing(store, tmp_path):
+    from ansible_collections.spot.migration.plugins.module_utils._migration import restore_from_store
+    s, bucket = store
+    s.upload("job", sealed_file(tmp_path / "src", 7, os.urandom(3000)), False, 7)
+    (bucket / "job" / "step-7" / "data" / "step-00000007.bin").write_bytes(os.urandom(3000))
+    ck_dir = tmp_path / "node" / "checkpoints" / "job"
+    with pytest.raises(_checkpoint.CheckpointError, match="does not match its manifest"):
+        restore_from_store(_agent._run, s.remote, "job", str(ck_dir), False, rclone=s.rclone)
+    assert not ck_dir.exists() or not list(ck_dir.glob("step-*"))
+    assert not list((tmp_path / "node" / "checkpoints" / ".spot-staging").glob("*"))
+
+
+@pytest.mark.parametrize("workload, message", [("nothing-here", "no replica of nothing-here"),
+                                               ("../other", "is not allowed"), ("a/b", "is not allowed")])
+def test_restore_from_store_names_what_is_wrong(store, tmp_path, workload, message):
+    from ansible_collections.spot.migration.plugins.module_utils._migration import MigrationError, restore_from_store
+    s, _bucket = store
+    with pytest.raises(MigrationError, match=message):
+        restore_from_store(_agent._run, s.remote, workload, str(tmp_path / "ck"), False, rclone=s.rclone)

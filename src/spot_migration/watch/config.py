@@ -67,6 +67,7 @@ class ReplicationConfig:
     store: str = ""                 # rclone remote (name:bucket/prefix): each replica also goes to object storage
     store_keep: int = 0             # replicas kept in the store per workload (0: as keep)
     store_transfers: int = 4        # parallel streams of an upload or a restore
+    store_rclone: str = "rclone"    # the rclone program on the nodes (a name on their PATH, or an absolute path)
 
 
 @dataclass

@@ -261,7 +261,7 @@ class Replicator:
         if self.config.store:
             stored = self.ledger.store_replicas().get(item["workload"]) or {}
             out.update({"store": self.config.store, "store_keep": int(self.config.store_keep or self.config.keep),
-                        "store_transfers": int(self.config.store_transfers),
+                        "store_transfers": int(self.config.store_transfers), "store_rclone": self.config.store_rclone,
                         "store_last_step": stored.get("step") if stored.get("store") == self.config.store else None})
         return out
 

@@ -368,7 +368,8 @@ class MigrationRunner:
                 if in_store:
                     # The replica node resumes it from the newer of its own replica and the one in object storage.
                     item.update({"store": stored[w["name"]]["store"],
-                                 "store_transfers": int(self.config.replication.store_transfers)})
+                                 "store_transfers": int(self.config.replication.store_transfers),
+                                 "store_rclone": self.config.replication.store_rclone})
                 plan.append(item)
             else:
                 skipped.append(w["name"])
