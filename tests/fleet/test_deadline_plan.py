@@ -8,7 +8,6 @@ migration (measured fast before) is given up mid-way for the replica, in time.""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from spot_migration import fleet as fleet_mod
 from spot_migration.watch.app import Watcher
 from spot_migration.watch.config import load
 from spot_migration.watch.intake import to_epoch
-from tests.helpers.fleet import free_port, play_runner, wait_for, worker_base
+from tests.helpers.fleet import (ansible_environ, free_port, install_agents, own_fleet, play_runner, secret_file, wait_for,
+                                 worker_base)
 
 SIZE_MB = 32
 WINDOW = 25.0  # GCP's preemption gives no time: the 30 s default less the 5 s margin
@@ -26,13 +26,9 @@ WINDOW = 25.0  # GCP's preemption gives no time: the 30 s default less the 5 s m
 
 @pytest.fixture(scope="module")
 def pfleet(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("plan-fleet")
-    fleet = fleet_mod.up(directory, nodes=2, standby=1, clouds=("gcp",), base_address=worker_base(230), image=False,
-                         log=lambda *_: None)
-    try:
+    with own_fleet(tmp_path_factory.mktemp("plan-fleet"), nodes=2, standby=1, clouds=("gcp",),
+                   base_address=worker_base(230)) as fleet:
         yield fleet
-    finally:
-        fleet_mod.down(directory, log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +39,10 @@ def pplay(pfleet, ansible_env, tmp_path_factory):
 @pytest.fixture(scope="module")
 def agents(pfleet, pplay, ansible_env, tmp_path_factory):
     """The agents on the spot node, pointed at one address and secret that each test's own watcher takes over."""
-    workdir = tmp_path_factory.mktemp("plan-agents")
-    secret = workdir / "secret"
-    secret.write_text(os.urandom(32).hex())
-    secret.chmod(0o600)
+    secret = secret_file(tmp_path_factory.mktemp("plan-agents"))
     port = free_port()
-    os.environ.update({k: v for k, v in ansible_env.items() if k.startswith("ANSIBLE_") or k == "PATH"})
-    pplay({"hosts": "spot", "gather_facts": False, "roles": [{
-        "role": "spot.migration.eviction_agent", "eviction_agent_watcher_url": f"http://127.0.0.1:{port}",
-        "eviction_agent_secret": secret.read_text(), "eviction_agent_runtimes": ["process"],
-        "eviction_agent_service_manager": "background"}]})
+    ansible_environ(ansible_env)
+    install_agents(pplay, f"http://127.0.0.1:{port}", secret)
     return {"port": port, "secret": secret}
 
 

@@ -24,7 +24,8 @@ from ansible_collections.spot.migration.plugins.module_utils import _agent, _che
 from spot_migration import fleet as fleet_mod
 from spot_migration.watch.app import Watcher
 from spot_migration.watch.config import load
-from tests.helpers.fleet import free_port, play_runner, wait_for, worker_base
+from tests.helpers.fleet import (free_port, install_agents, own_fleet, play_runner, secret_file, wait_for,
+                                 worker_base)
 
 BIN = Path(sys.executable).parent
 TOOLS = Path(__file__).resolve().parents[2] / ".tools"
@@ -126,10 +127,8 @@ def test_the_store_keeps_its_guarantees_on_the_service(service, tmp_path):
 
 @pytest.fixture
 def sfleet(tmp_path_factory, service):
-    directory = tmp_path_factory.mktemp(f"store-fleet-{service['kind']}")
-    fleet = fleet_mod.up(directory, nodes=2, standby=1, base_address=worker_base(80), image=False,
-                         log=lambda *_: None)
-    try:
+    with own_fleet(tmp_path_factory.mktemp(f"store-fleet-{service['kind']}"), nodes=2, standby=1,
+                   base_address=worker_base(80)) as fleet:
         # Each node finds the store the way rclone does on a real one: its own ~/.config/rclone/rclone.conf.
         for node in fleet.nodes:
             conf = Path(node.root) / "home" / ".config" / "rclone" / "rclone.conf"
@@ -137,17 +136,13 @@ def sfleet(tmp_path_factory, service):
             conf.write_text(rclone_conf("store", service["options"]))
             conf.chmod(0o600)
         yield fleet
-    finally:
-        fleet_mod.down(directory, log=lambda *_: None)
 
 
 def test_a_lost_node_resumes_from_the_bucket(service, sfleet, ansible_env, tmp_path, monkeypatch):
     name = f"stored-{service['kind']}"
     play = play_runner(sfleet, ansible_env, tmp_path / "plays")
     (tmp_path / "plays").mkdir()
-    secret = tmp_path / "secret"
-    secret.write_text(os.urandom(32).hex())
-    secret.chmod(0o600)
+    secret = secret_file(tmp_path)
     port = free_port()
     for key, value in ansible_env.items():
         if key.startswith("ANSIBLE_") or key == "PATH":
@@ -160,10 +155,7 @@ def test_a_lost_node_resumes_from_the_bucket(service, sfleet, ansible_env, tmp_p
     config.lost.grace = 8.0
     log = open(tmp_path / "watch.log", "a")  # noqa: SIM115 - closed below
     watcher = Watcher(config, log=lambda msg: (log.write(time.strftime("%H:%M:%S ") + msg + "\n"), log.flush()))
-    play({"hosts": "spot", "gather_facts": False, "roles": [{
-        "role": "spot.migration.eviction_agent", "eviction_agent_watcher_url": watcher.server.url,
-        "eviction_agent_secret": secret.read_text(), "eviction_agent_runtimes": ["process"],
-        "eviction_agent_service_manager": "background"}]})
+    install_agents(play, watcher.server.url, secret)
     watcher.start()
     try:
         ck_dir = "{{ spot_checkpoint_root }}/" + name

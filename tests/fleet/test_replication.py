@@ -19,7 +19,8 @@ from ansible_collections.spot.migration.plugins.module_utils import _checkpoint 
 from spot_migration import fleet as fleet_mod
 from spot_migration.watch.app import Watcher
 from spot_migration.watch.config import load
-from tests.helpers.fleet import free_port, play_runner, wait_for, worker_base
+from tests.helpers.fleet import (ansible_environ, free_port, install_agents, own_fleet, play_runner, secret_file, wait_for,
+                                 worker_base)
 
 EVERY = 800          # trainer checkpoints every 800 steps of 10 ms: about every 8 s here
 GRACE = 14.0
@@ -28,12 +29,8 @@ NAME = "rep-train"
 
 @pytest.fixture(scope="module")
 def rfleet(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("rep-fleet")
-    fleet = fleet_mod.up(directory, nodes=4, standby=1, base_address=worker_base(200), image=False, log=lambda *_: None)
-    try:
+    with own_fleet(tmp_path_factory.mktemp("rep-fleet"), nodes=4, standby=1, base_address=worker_base(200)) as fleet:
         yield fleet
-    finally:
-        fleet_mod.down(directory, log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +41,9 @@ def rplay(rfleet, ansible_env, tmp_path_factory):
 @pytest.fixture(scope="module")
 def rwatcher(rfleet, rplay, ansible_env, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("rep-watch")
-    secret = workdir / "secret"
-    secret.write_text(os.urandom(32).hex())
-    secret.chmod(0o600)
+    secret = secret_file(workdir)
     port = free_port()
-    os.environ.update({k: v for k, v in ansible_env.items() if k.startswith("ANSIBLE_") or k == "PATH"})
+    ansible_environ(ansible_env)
     config = load(None, inventory=str(rfleet.inventory_path), listen=f"127.0.0.1:{port}", state_dir=str(workdir / "state"),
                   secret_file=str(secret), heartbeat_timeout=4.0)
     config.sweep.interval, config.sweep.timeout = 2.0, 3.0
@@ -57,10 +52,7 @@ def rwatcher(rfleet, rplay, ansible_env, tmp_path_factory):
     log = open(workdir / "watch.log", "a")  # noqa: SIM115 - closed below
     watcher = Watcher(config, log=lambda msg: (log.write(time.strftime("%H:%M:%S ") + msg + "\n"), log.flush()))
     watcher.log_path = workdir / "watch.log"
-    rplay({"hosts": "spot", "gather_facts": False, "roles": [{
-        "role": "spot.migration.eviction_agent", "eviction_agent_watcher_url": watcher.server.url,
-        "eviction_agent_secret": secret.read_text(), "eviction_agent_runtimes": ["process"],
-        "eviction_agent_service_manager": "background"}]})
+    install_agents(rplay, watcher.server.url, secret)
     watcher.agent_secret = secret.read_text()
     watcher.start()
     try:

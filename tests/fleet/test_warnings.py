@@ -6,7 +6,6 @@ the trainer keeps running where it was."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -17,19 +16,15 @@ from spot_migration import fleet as fleet_mod
 from spot_migration.watch import views
 from spot_migration.watch.app import Watcher
 from spot_migration.watch.config import load
-from tests.helpers.fleet import free_port, play_runner, wait_for, worker_base
+from tests.helpers.fleet import ansible_environ, free_port, own_fleet, play_runner, secret_file, wait_for, worker_base
 
 NAME = "warned-train"
 
 
 @pytest.fixture(scope="module")
 def wfleet(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("warn-fleet")
-    fleet = fleet_mod.up(directory, nodes=2, standby=1, base_address=worker_base(240), image=False, log=lambda *_: None)
-    try:
+    with own_fleet(tmp_path_factory.mktemp("warn-fleet"), nodes=2, standby=1, base_address=worker_base(240)) as fleet:
         yield fleet
-    finally:
-        fleet_mod.down(directory, log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +35,8 @@ def wplay(wfleet, ansible_env, tmp_path_factory):
 @pytest.fixture(scope="module")
 def wwatcher(wfleet, ansible_env, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("warn-watch")
-    secret = workdir / "secret"
-    secret.write_text(os.urandom(32).hex())
-    secret.chmod(0o600)
-    os.environ.update({k: v for k, v in ansible_env.items() if k.startswith("ANSIBLE_") or k == "PATH"})
+    secret = secret_file(workdir)
+    ansible_environ(ansible_env)
     config = load(None, inventory=str(wfleet.inventory_path), listen=f"127.0.0.1:{free_port()}",
                   state_dir=str(workdir / "state"), secret_file=str(secret), heartbeat_timeout=4.0)
     config.sweep.interval, config.sweep.timeout, config.sweep.hosts = 1.5, 3.0, "all"  # no agents: the sweep sees it

@@ -24,6 +24,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def own_fleet(directory: Path, **options):
+    """A fleet of a test module's own (no container image), taken down by pid whatever happens."""
+    fleet = fleet_mod.up(directory, image=False, log=lambda *_: None, **options)
+    try:
+        yield fleet
+    finally:
+        fleet_mod.down(directory, log=lambda *_: None)
+
+
+def secret_file(directory: Path) -> Path:
+    """The agents' and the watcher's shared HMAC key: 32 random bytes, hex, in a 0600 file."""
+    path = Path(directory) / "secret"
+    path.write_text(os.urandom(32).hex())
+    path.chmod(0o600)
+    return path
+
+
+def ansible_environ(ansible_env: dict) -> None:
+    """The watcher runs playbooks with this process's environment: give it the tests' ANSIBLE_* and PATH (module-
+    scoped fixtures, where monkeypatch is not available; every fleet test sets the same values)."""
+    os.environ.update({k: v for k, v in ansible_env.items() if k.startswith("ANSIBLE_") or k == "PATH"})
+
+
+def install_agents(play, url: str, secret: Path, hosts: str = "spot") -> None:
+    """The eviction agent role on ``hosts``, reporting to ``url`` with ``secret``, as a background process."""
+    play({"hosts": hosts, "gather_facts": False, "roles": [{
+        "role": "spot.migration.eviction_agent", "eviction_agent_watcher_url": url,
+        "eviction_agent_secret": secret.read_text(), "eviction_agent_runtimes": ["process"],
+        "eviction_agent_service_manager": "background"}]})
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     """Poll ``predicate`` until it returns something true (returned) or fail after ``timeout`` seconds."""
     end = time.monotonic() + timeout

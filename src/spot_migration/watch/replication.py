@@ -300,17 +300,20 @@ class Replicator:
             if report.get("store"):
                 self._store_report(node, row["name"], report)
             if new:
-                self.metrics.replications.labels("copied").inc()
-                seconds, size = report.get("seconds"), report.get("bytes")
-                if isinstance(seconds, (int, float)) and isinstance(size, int) and seconds > 0 and size > 0:
-                    # What a copy from this node to that one takes: the plan against the deadline predicts by it.
-                    self.ledger.measure([{"kind": "throughput", "key": f"{node}>{row['replica']}", "value": size / seconds,
-                                          "bytes": size, "at": time.time()}])
+                self._copied(f"{node}>{row['replica']}", report.get("seconds"), report.get("bytes"))
             elif report.get("error") and report["error"] != row["error"]:
                 self.metrics.replications.labels("failed").inc()
                 self.log(logs.warning(f"replication of {row['name']} to {row['replica']} (agent) failed: {report['error'][:300]}"))
         if event.get("replicas"):
             self.metrics.set_replicas(self.ledger.workloads(), time.time())
+
+    def _copied(self, key: str, seconds, size) -> None:
+        """A new replica the agent reports: counted, and what the copy took measured as the throughput of ``key``
+        (``<node>><replica node>`` or ``<node>>store``): the plan against the deadline predicts by it."""
+        self.metrics.replications.labels("copied").inc()
+        if isinstance(seconds, (int, float)) and isinstance(size, int) and seconds > 0 and size > 0:
+            self.ledger.measure([{"kind": "throughput", "key": key, "value": size / seconds, "bytes": size,
+                                  "at": time.time()}])
 
     def _store_report(self, node: str, name: str, report: dict) -> None:
         """The agent's word on the workload's replica in object storage: the newest step published there, or why not;
@@ -321,11 +324,7 @@ class Replicator:
         self.ledger.store_replicated(name, report["store"], step, report.get("store_bytes"), report.get("store_at"),
                                      report.get("store_error"))
         if new:
-            self.metrics.replications.labels("copied").inc()
-            seconds, size = report.get("store_seconds"), report.get("store_bytes")
-            if isinstance(seconds, (int, float)) and isinstance(size, int) and seconds > 0 and size > 0:
-                self.ledger.measure([{"kind": "throughput", "key": f"{node}>store", "value": size / seconds,
-                                      "bytes": size, "at": time.time()}])
+            self._copied(f"{node}>store", report.get("store_seconds"), report.get("store_bytes"))
         elif report.get("store_error") and report["store_error"] != known.get("error"):
             self.metrics.replications.labels("failed").inc()
             self.log(logs.warning(f"replication of {name} to {report['store']} (agent) failed: {report['store_error'][:300]}"))
