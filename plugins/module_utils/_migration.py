@@ -299,7 +299,7 @@ def push_one(transfer, row, assignment, migration_id, run, seal=None, until=None
     """One checkpoint into its target's staging directory. Fills ``row`` (transfer fields); never raises for a failed
     transfer. ``seal``: seal it meanwhile (``seal() -> row fields``; rsync only), its failure raised after the copy.
     ``until`` (rsync): it must end by then; ``fallback='replica'``: a copy too slow for that is given up and the
-    workload resumes from its replica on the target instead (the target holds one: ``replica_root``)."""
+    workload resumes from its replica instead (on the target, ``replica_root``, or in object storage, ``store``)."""
     target = endpoint(assignment, 'target of %s' % row['name'])
     root = assignment.get('root') or os.path.dirname(row['checkpoint'])
     row['target'] = target.name
@@ -320,7 +320,7 @@ def push_one(transfer, row, assignment, migration_id, run, seal=None, until=None
             done = transfer.send(row['checkpoint'], row['is_dir'], row['bytes'], target, staging, link_dest=link,
                                  **timed)
     except (TransferError, MigrationError) as exc:
-        if getattr(exc, 'details', {}).get('too_slow') and fallback == 'replica' and assignment.get('replica_root'):
+        if getattr(exc, 'details', {}).get('too_slow') and fallback == 'replica' and has_replica(assignment):
             transfer.discard(target, staging)
             row.pop('staging', None)
             row.update({'transfer': 'replica', 'fell_back': str(exc), 'transfer_error': None, 'staged': None,
@@ -362,11 +362,18 @@ class ProgressFile:
 CHOICES = ('emergency', 'newest', 'replica')
 
 
+def has_replica(assignment):
+    """Whether a workload's target can resume it from a replica: one on the target (``replica_root``) or one in
+    object storage (``store``, restored onto the target)."""
+    return bool((assignment or {}).get('replica_root') or (assignment or {}).get('store'))
+
+
 def check_choices(choices, assignments):
     """The plan's choice per workload (``{workload: {from, fallback}}``): ``from`` one of CHOICES (default
-    ``emergency``), ``fallback`` None or ``replica``. A replica choice or fallback needs the workload's target to hold
-    its replica (``replica_root`` in its assignment); without one the choice is ``newest`` (or no fallback), said in
-    ``choice_note``. Returns ``{workload: {from, fallback, note}}``; MigrationError naming a bad value."""
+    ``emergency``), ``fallback`` None or ``replica``. A replica choice or fallback needs a replica for the workload's
+    target (``replica_root`` or ``store`` in its assignment, see has_replica); without one the choice is ``newest``
+    (or no fallback), said in ``choice_note``. Returns ``{workload: {from, fallback, note}}``; MigrationError naming a
+    bad value."""
     out = {}
     for name, choice in (choices or {}).items():
         if not isinstance(choice, dict):
@@ -378,10 +385,10 @@ def check_choices(choices, assignments):
         if fallback not in (None, 'replica'):
             raise MigrationError('choices %s: fallback %r is not replica (or none)' % (name, fallback))
         note = None
-        has_replica = bool(((assignments or {}).get(name) or {}).get('replica_root'))
-        if how == 'replica' and not has_replica:
+        replica = has_replica((assignments or {}).get(name))
+        if how == 'replica' and not replica:
             how, note = 'newest', 'no replica on the target: the newest complete checkpoint moves instead'
-        if fallback and not has_replica:
+        if fallback and not replica:
             fallback, note = None, note or 'no replica on the target to fall back to'
         out[name] = {'from': how, 'fallback': fallback, 'note': note}
     return out

@@ -129,6 +129,13 @@ def plan(variables, groups, now=None):
                 raise MigrationError('prestaged %s must be {target, root, step}, not %r' % (name, replica))
             if replica.get('root'):
                 check_root(replica['root'], 'prestaged %s root' % name)
+            if replica.get('store'):
+                from ._objstore import StoreError, check_program, check_remote
+                try:
+                    check_remote(replica['store'])
+                    check_program(replica.get('store_rclone') or 'rclone')
+                except StoreError as exc:
+                    raise MigrationError('prestaged %s: %s' % (name, exc))
         choices = values.get('choices') or {}
         if not isinstance(choices, dict):
             raise MigrationError('choices must be a dict of workload -> {from, fallback}, not %r' % (choices,))
@@ -295,8 +302,13 @@ def _fenced(entry, before):
                           % (entry['id'], entry.get('fence'), before))
 
 
+STORE_KEYS = ('store', 'store_transfers', 'store_rclone')
+
+
 def assignments(the_plan, source, reservations, hostvars, controller=False):
-    """``{workload: endpoint + gpus + owner + replica_root}`` for one source, from the joint reservation's results.
+    """``{workload: endpoint + gpus + owner + replica_root}`` for one source, from the joint reservation's results;
+    with ``store`` (and ``store_transfers``, ``store_rclone``) where the watcher knows a replica of the workload in
+    object storage, which any target can restore.
     Only while this run still holds the migration (its fence): otherwise MigrationError, so the task that would stop
     the source copy fails before it starts."""
     entry = the_plan['by_source'][source]
@@ -310,7 +322,10 @@ def assignments(the_plan, source, reservations, hostvars, controller=False):
         point = endpoint(target, hostvars.get(target), src_vars.get('spot_ssh_config'), controller=controller)
         replica = entry['prestaged'].get(name) or {}
         point.update({'gpus': list(r.get('gpus') or []), 'owner': r['owner'],
-                      'replica_root': replica.get('root') if replica.get('target') == target else None})
+                      'replica_root': replica.get('root') if replica.get('target') == target and replica.get('root')
+                      and replica.get('step') is not None else None})
+        if replica.get('store'):
+            point.update(dict((k, replica[k]) for k in STORE_KEYS if replica.get(k) is not None))
         out[name] = point
     if out and not fence_holds(entry):
         raise _fenced(entry, 'anything changes')
@@ -348,6 +363,7 @@ def moved(the_plan, source, checkpoint, release, retry=None, relay=None, source_
         # says so itself; the others moved the run's way.
         if r.get('transfer') == 'replica':
             r['replica_root'] = point.get('replica_root')
+            r.update(dict((k, point[k]) for k in STORE_KEYS if point.get(k) is not None))
         else:
             r['transfer'] = the_plan['transfer']
         r.setdefault('failed_targets', [])

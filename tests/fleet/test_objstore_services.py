@@ -24,7 +24,7 @@ from ansible_collections.spot.migration.plugins.module_utils import _agent, _che
 from spot_migration import fleet as fleet_mod
 from spot_migration.watch.app import Watcher
 from spot_migration.watch.config import load
-from tests.helpers.fleet import (free_port, install_agents, own_fleet, play_runner, secret_file, wait_for,
+from tests.helpers.fleet import (Migrations, free_port, install_agents, own_fleet, play_runner, secret_file, wait_for,
                                  worker_base)
 
 BIN = Path(sys.executable).parent
@@ -231,3 +231,35 @@ def test_deploy_starts_a_job_from_the_bucket(service, sfleet, ansible_env, tmp_p
                         and json.loads(Path(ck, "progress.json").read_text()), 60, "the job resumed")
     assert progress["resumed_from"] == 100, progress
     assert _checkpoint.verify(str(Path(ck, newest.name)))["step"] == 100
+
+
+def test_a_migration_resumes_from_the_bucket_when_the_plan_says_replica(service, sfleet, ansible_env, tmp_path):
+    """The plan's ``replica`` for a workload whose replica is only in the bucket (its replica node went with the
+    wave): the job is only stopped on the source; its target, which holds no replica, restores the bucket's, verified,
+    and resumes from it. The record says where it came from."""
+    name = f"mig-bucket-{service['kind']}"
+    migrations = Migrations(sfleet, play_runner(sfleet, ansible_env, tmp_path / "plays"), ansible_env, tmp_path)
+    (tmp_path / "plays").mkdir()
+    try:
+        migrations.deploy("node1", name, extra=["--every", "50", "--keep", "3"])
+        ck_dir = Path(sfleet.node("node1").paths["checkpoints"]) / name
+        first = wait_for(lambda: sorted(ck_dir.glob("step-*.safetensors")), 30, "a checkpoint")[0]
+        held = tmp_path / "held" / first.name
+        held.parent.mkdir()
+        shutil.copy2(first, held)
+        step = int(first.name.split("-")[1].split(".")[0])
+        _checkpoint.seal(str(held), step=step)
+        _objstore.Store(_agent._run, service["remote"], rclone=service["rclone"]).upload(name, str(held), False, step)
+        fleet_mod.inject(sfleet.dir, "node1", "spot_interruption")
+        extra = {"choices": {name: {"from": "replica"}},
+                 "prestaged": {name: {"store": service["remote"], "store_step": step, "store_rclone": service["rclone"]}}}
+        migrations.migrate("node1", "-e", json.dumps(extra))
+        [record] = migrations.records_written()
+        [row] = record["migrations"]
+        assert row["resume_choice"] == "replica" and row["resumed_from_kind"] == "store", row
+        assert row["target"] == "standby1" and row["resumed_step"] == step and row["outcome"] == "running", row
+        assert migrations.where(name) == {"standby1": True}
+        progress = json.loads((Path(sfleet.node("standby1").paths["checkpoints"]) / name / "progress.json").read_text())
+        assert progress["resumed_from"] == step, progress
+    finally:
+        migrations.cleanup()

@@ -45,6 +45,8 @@ def test_good_ids_pass(value):
     ({"source": ["node1", "node2"], "migration_id": "one"}, "a wave of 2 sources needs migrations"),
     ({"source": "node1", "migrations": {"node2": {}}}, "not among the sources"),
     ({"source": "node1", "at_risk_hosts": ["ghost"]}, "at_risk_hosts ghost is not in the inventory"),
+    ({"source": "node1", "prestaged": {"w": {"store": "s3:b/../x"}}}, "prestaged w: object store 's3:b/../x'"),
+    ({"source": "node1", "prestaged": {"w": {"store": "s3:b", "store_rclone": "rclone;x"}}}, "rclone program"),
 ])
 def test_bad_variables_fail_naming_the_value(variables, message):
     with pytest.raises(mig.MigrationError) as caught:
@@ -123,6 +125,26 @@ def test_a_superseded_fence_stops_before_the_source_stops_and_before_the_target_
         plan_mod.placements(moved, "standby1", the_plan)
     # A source with nothing to do is not failed for it.
     assert plan_mod.assignments(the_plan, "node1", [], {}) == {}
+
+
+def test_a_replica_in_object_storage_goes_with_any_target_the_node_replica_only_with_its_own():
+    variables = {"source": "node1", "migration_id": "m-2", "prestaged": {
+        "w": {"target": "standby1", "root": "/r/w", "step": 600, "store": "s3:bucket/spot", "store_step": 600,
+              "store_transfers": 8, "store_rclone": "rclone"},
+        "v": {"target": "standby1", "root": "/r/v", "step": 300}}}
+    the_plan = plan_mod.plan(variables, GROUPS)
+    reservations = [{"owner": "m-2/w", "name": "w", "source": "node1", "target": "node2", "gpus": [0]},
+                    {"owner": "m-2/v", "name": "v", "source": "node1", "target": "node2", "gpus": [1]}]
+    got = plan_mod.assignments(the_plan, "node1", reservations, {})
+    assert got["w"]["replica_root"] is None and got["w"]["store"] == "s3:bucket/spot" and got["w"]["store_transfers"] == 8
+    assert got["v"]["replica_root"] is None and "store" not in got["v"]
+    assert mig.check_choices({"w": {"from": "replica"}, "v": {"from": "replica"}}, got) == {
+        "w": {"from": "replica", "fallback": None, "note": None},
+        "v": {"from": "newest", "fallback": None,
+              "note": "no replica on the target: the newest complete checkpoint moves instead"}}
+    rows = plan_mod.moved(the_plan, "node1", {}, {"sealed": [{"name": "w", "transfer": "replica", "target": "node2"}]},
+                          assigned=got)
+    assert rows[0]["store"] == "s3:bucket/spot" and rows[0]["store_rclone"] == "rclone", rows
 
 
 def test_only_the_pinned_target_is_asked():

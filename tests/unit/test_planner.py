@@ -56,6 +56,35 @@ def test_the_choice_is_the_fewest_steps_lost_that_fits_the_window(rows, w, choic
     assert [o["from"] for o in job["options"]][0] == "emergency"
 
 
+def test_a_replica_node_evicting_too_leaves_the_replica_in_object_storage():
+    """The wave takes the replica node as well: its copy is no way; the bucket's is, predicted at the uploads' rate,
+    and it fits where moving 1 GiB at 20 MiB/s does not."""
+    rows = measured(20 * 2**20, ready=4.0) + [{"kind": "throughput", "key": "node1>store", "value": 200 * 2**20,
+                                               "bytes": GIB, "at": 1.0}]
+    w = dict(workload(source_step=900), store_step=600, store_bytes=GIB)
+    job = plan(rows, w=w, unavailable={"standby1"})["workloads"]["job"]
+    assert job["choice"] == "replica" and job["target"] is None, job
+    [replica] = [o for o in job["options"] if o["from"] == "replica"]
+    assert replica["resumes_from_step"] == 600 and "in object storage" in replica["why"], replica
+    assert replica["predicted_s"] == pytest.approx(2.0 + 5.12 + 1.0, abs=0.05)
+    # Without the bucket, the evicting replica node leaves nothing to resume from: only moving, too slow, quickest.
+    alone = plan(rows, w=workload(source_step=900), unavailable={"standby1"})["workloads"]["job"]
+    assert "replica" not in [o["from"] for o in alone["options"]] and alone["fallback"] is None, alone
+    # An upload never measured: the bucket's way is listed, not predicted, and not chosen.
+    unmeasured = plan(measured(20 * 2**20, ready=4.0), w=w, unavailable={"standby1"})["workloads"]["job"]
+    [way] = [o for o in unmeasured["options"] if o["from"] == "replica"]
+    assert way["predicted_s"] is None and "no upload measured" in way["why"] and unmeasured["choice"] != "replica"
+
+
+def test_a_newer_replica_in_the_bucket_than_on_the_replica_node_is_the_one_counted():
+    w = dict(workload(replica_step=300, source_step=900), store_step=600, store_bytes=GIB)
+    rows = measured(20 * 2**20, ready=4.0) + [{"kind": "throughput", "key": "node2>store", "value": 100 * 2**20,
+                                               "bytes": GIB, "at": 1.0}]
+    job = plan(rows, w=w)["workloads"]["job"]
+    [way] = [o for o in job["options"] if o["from"] == "replica"]
+    assert way["resumes_from_step"] == 600 and "the fleet's uploads" in way["why"], way
+
+
 def test_the_window_is_the_notice_seconds_left_less_the_margin_or_the_default_deadline():
     assert plan([], notice={"seconds_left": 120})["window_s"] == 115.0
     assert plan([], notice={"seconds_left": None})["window_s"] == 25.0  # GCP's preemption: no time given

@@ -53,8 +53,8 @@ def test_defaults_work_on_the_local_fleet(tmp_path, monkeypatch):
     ("warnings: {hold: 0}", "warnings.hold is 0"),
     ('warnings: {migrate: "yes"}', "warnings.migrate is 'yes'; it must be migrate on a warning"),
     ("replication: {store: 'my bucket'}", "replication.store is 'my bucket'; it must be an rclone remote"),
-    ("replication: {store_rclone: 'rclone; rm -rf /'}", "replication.store_rclone is 'rclone; rm -rf /'; it must be the "
-                                                       "rclone program"),
+    ("replication: {store_rclone: 'rclone; rm -rf /'}",
+     "replication.store_rclone is 'rclone; rm -rf /'; it must be the rclone program"),
 ])
 def test_bad_settings_are_named(tmp_path, text, message):
     path = tmp_path / "watch.yml"

@@ -6,7 +6,8 @@ The ways, fewest steps lost first:
 - ``emergency``: wait for the checkpoint the agent asked for at the notice and move it (nothing lost);
 - ``newest``: move the newest complete checkpoint on the node's disk at once (the steps since it are lost);
 - ``replica``: resume from the verified replica already on the replica node, which is the target (the steps since the
-  replica are lost; nothing moves).
+  replica are lost; nothing moves); when that node is itself evicting or holds none, from the workload's replica in
+  object storage (``replication.store``), restored on whichever target the migration gets.
 
 The choice is the first way predicted to have the job running before the window closes (the notice's deadline less
 the safety margin). When none is, the quickest. When a way cannot be predicted (nothing measured yet) the plan is
@@ -61,9 +62,20 @@ class Measured:
             if pair:
                 return pair, f"{source}->{target}"
         rows = [r for (kind, key), found in self.by.items() if kind == "throughput" and key.startswith(source + ">")
-                for r in found[-RECENT:]]
+                and not key.endswith(">store") for r in found[-RECENT:]]  # uploads to a bucket are not node to node
         value = median([r["value"] for r in rows])
         return (value, f"{source}->any") if value else (None, "")
+
+    def store_rate(self, source: str) -> tuple[float | None, str]:
+        """Bytes per second of a restore from object storage, estimated by the uploads' (``<node>>store``): this
+        node's, else any node's. Restores are not measured apart yet."""
+        value = self.value("throughput", f"{source}>store")
+        if value:
+            return value, f"{source}'s uploads"
+        rows = [r for (kind, key), found in self.by.items() if kind == "throughput" and key.endswith(">store")
+                for r in found[-RECENT:]]
+        value = median([r["value"] for r in rows])
+        return (value, "the fleet's uploads") if value else (None, "")
 
     def place(self, target: str | None, size: int) -> float | None:
         """Seconds to verify, rename and start ``size`` bytes on ``target`` (that target's, else any)."""
@@ -87,11 +99,16 @@ def window(notice: dict, detected_at: float, now: float, default_deadline: float
     return left - max(0.0, now - detected_at) - float(safety_margin)
 
 
-def plan_workload(workload: dict, source: str, window_s: float, measured: Measured) -> dict[str, Any]:
-    """The ways of resuming one workload (a ledger ``workloads`` row) with their predictions and the choice; times
-    count from the notice's detection, like the window."""
+def plan_workload(workload: dict, source: str, window_s: float, measured: Measured,
+                  unavailable: frozenset | set = frozenset()) -> dict[str, Any]:
+    """The ways of resuming one workload (a ledger ``workloads`` row, with ``store_step`` and ``store_bytes`` where it
+    has a replica in object storage) with their predictions and the choice; times count from the notice's
+    detection, like the window. ``unavailable``: nodes that cannot be the target (evicting too)."""
     replica = workload.get("replica")
-    size = int(workload.get("replica_bytes") or 0)
+    if replica in unavailable:
+        replica = None  # its copy goes with it
+    store_step = workload.get("store_step")
+    size = int(workload.get("replica_bytes") or workload.get("store_bytes") or 0)
     target = replica  # the migration adopts the replica node's reservation when the node still qualifies
     throughput, via = measured.throughput(source, target)
     overhead = measured.value("overhead", "*")
@@ -116,11 +133,21 @@ def plan_workload(workload: dict, source: str, window_s: float, measured: Measur
         add("emergency", (ready if ready is not None else overhead) + transfer + place, "emergency",
             f"{'ready' if ready is not None else 'start-up'} + {size / 2**20:.0f} MiB at {throughput / 2**20:.1f} MiB/s "
             f"({via}) + verify and start{note}")
-    source_step, replica_step = workload.get("source_step"), workload.get("replica_step")
-    if source_step is not None and (replica_step is None or source_step > replica_step):
+    source_step = workload.get("source_step")
+    replica_step = workload.get("replica_step") if replica else None
+    stored = store_step is not None and (replica_step is None or store_step > replica_step)
+    newest_replica = store_step if stored else replica_step
+    if source_step is not None and (newest_replica is None or source_step > newest_replica):
         add("newest", None if transfer is None else overhead + transfer + place, source_step,
             f"the newest complete checkpoint on disk, moved at once{note}")
-    if replica and replica_step is not None:
+    if stored:
+        rate, rate_via = measured.store_rate(source)
+        stored_size = int(workload.get("store_bytes") or size)
+        add("replica", None if not rate else overhead + stored_size / rate + place, store_step,
+            f"the replica of step {store_step} in object storage, restored on the target"
+            + (f" at {rate / 2**20:.1f} MiB/s ({rate_via})" if rate else ": no upload measured to predict it by")
+            + note)
+    elif replica and replica_step is not None:
         add("replica", overhead + place, replica_step, f"the replica of step {replica_step} on {replica}, nothing "
             f"moved{note}")
     chosen, reason = choose(options, window_s)
@@ -146,12 +173,13 @@ def choose(options: list[dict], window_s: float) -> tuple[str, str]:
 
 
 def plan_source(workloads: list[dict], source: str, notice: dict, detected_at: float, now: float,
-                measurements: list[dict], default_deadline: float = 30.0, safety_margin: float = 5.0) -> dict[str, Any]:
+                measurements: list[dict], default_deadline: float = 30.0, safety_margin: float = 5.0,
+                unavailable: frozenset | set = frozenset()) -> dict[str, Any]:
     """The plan for every workload on ``source``: ``{window_s, workloads: {name: plan_workload}, choices}`` where
     ``choices`` is what the migrate playbook takes (``{name: {from, fallback}}``)."""
     measured = Measured(measurements)
     window_s = window(notice, detected_at, detected_at, default_deadline, safety_margin)
-    plans = {w["name"]: plan_workload(w, source, window_s, measured) for w in workloads}
+    plans = {w["name"]: plan_workload(w, source, window_s, measured, frozenset(unavailable)) for w in workloads}
     return {"window_s": round(window_s, 2), "made_at": now, "workloads": plans,
             "choices": {n: {"from": p["choice"], "fallback": p["fallback"]} for n, p in plans.items()}}
 

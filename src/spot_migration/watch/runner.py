@@ -94,13 +94,31 @@ class MigrationRunner:
         tmp.replace(fence_file)
         return fence_file
 
+    def _prestaged(self, source: str) -> dict[str, dict]:
+        """What waits for each workload of ``source`` elsewhere: its replica node's copy (``target``, ``root``,
+        ``step``) and, with ``replication.store``, its replica in object storage (``store``, ``store_step``, ...),
+        which any target can restore."""
+        stored = self.ledger.store_replicas() if self.config.replication.store else {}
+        out = {}
+        for w in self.ledger.workloads(node=source):
+            item = {}
+            if w["replica"] and w["replica_step"] is not None:
+                item.update({"target": w["replica"], "root": w["replica_root"], "step": w["replica_step"]})
+            known = stored.get(w["name"]) or {}
+            if known.get("step") is not None and known.get("store") == self.config.replication.store:
+                item.update({"store": known["store"], "store_step": known["step"],
+                             "store_transfers": int(self.config.replication.store_transfers),
+                             "store_rclone": self.config.replication.store_rclone})
+            if item:
+                out[w["name"]] = item
+        return out
+
     def _per_source(self, m: dict, fence: int, fence_file: Path) -> dict[str, Any]:
         """The variables of one source's migration that the watcher knows and the playbook need not ask for: its
         id and fence, the notice's times, when the agent already signalled the workloads, their replicas."""
         values: dict[str, Any] = {"migration_id": m["id"], "migration_fence": str(fence), "fence_file": str(fence_file),
                                   "notice_at": iso(m["notice_at"]), "detected_at": iso(m["detected_at"])}
-        prestaged = {w["name"]: {"target": w["replica"], "root": w["replica_root"], "step": w["replica_step"]}
-                     for w in self.ledger.workloads(node=m["source"]) if w["replica"] and w["replica_step"] is not None}
+        prestaged = self._prestaged(m["source"])
         if prestaged:
             values["prestaged"] = prestaged
         signalled_at = self.ledger.signalled_at(m["notice_id"])
@@ -123,6 +141,12 @@ class MigrationRunner:
         workloads = self.ledger.workloads(node=m["source"])
         if not workloads:
             return None
+        if self.config.replication.store:
+            stored = self.ledger.store_replicas()
+            workloads = [dict(w, store_step=(stored.get(w["name"]) or {}).get("step"),
+                              store_bytes=(stored.get(w["name"]) or {}).get("bytes"))
+                         if (stored.get(w["name"]) or {}).get("store") == self.config.replication.store else w
+                         for w in workloads]
         notice = self.ledger.notice(m["notice_id"]) or {}
         try:
             payload = json.loads(notice.get("payload") or "{}")
@@ -131,7 +155,8 @@ class MigrationRunner:
         extra = self.config.migrate.extra_vars
         made = planner.plan_source(workloads, m["source"], payload, m["detected_at"] or time.time(), time.time(),
                                    self.ledger.measurements(), default_deadline=float(extra.get("default_deadline", 30.0)),
-                                   safety_margin=float(extra.get("safety_margin", 5.0)))
+                                   safety_margin=float(extra.get("safety_margin", 5.0)),
+                                   unavailable={n for n in self.ledger.evicting_nodes() if n != m["source"]})
         self.ledger.save_plan(m["id"], made)
         for name, p in sorted(made["workloads"].items()):
             self.metrics.plan_choices.labels(p["choice"]).inc()
@@ -254,8 +279,7 @@ class MigrationRunner:
             "spot_reservation_file": str(self.reservation_file),
             "notice_at": iso(m["notice_at"]), "detected_at": iso(m["detected_at"]),
         })
-        prestaged = {w["name"]: {"target": w["replica"], "root": w["replica_root"], "step": w["replica_step"]}
-                     for w in self.ledger.workloads(node=m["source"]) if w["replica"] and w["replica_step"] is not None}
+        prestaged = self._prestaged(m["source"])
         if prestaged:
             extravars["prestaged"] = prestaged
         doomed = [n for n in self.ledger.evicting_nodes() if n != m["source"]]
