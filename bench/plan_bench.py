@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -125,18 +126,21 @@ def main() -> None:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(bandwidths)}")
     bandwidths = {k: v for k, v in bandwidths.items() if k in wanted}
     results: dict = {"size_mib": args.size_mb, "window_s": WINDOW_S, "safety_margin_s": 5.0, "cases": {}}
-    with local_fleet(workdir / "fleet", nodes=2, standby=1, clouds=("gcp",),
-                     base_address=f"127.0.{args.net}.10") as fleet:
-        secret, secret_file = make_secret(workdir / "secret")
-        port = free_port()
-        agents(fleet, port, secret)
-        for label, transfer_s in bandwidths.items():
-            for plan_on in (True, False):
-                key = f"{label}, {'plan' if plan_on else 'today'}"
-                name = f"plan-{len(results['cases'])}"
-                results["cases"][key] = case(fleet, workdir, port, secret, secret_file, args.size_mb, transfer_s,
-                                             plan_on, name, args.grace)
-                print(f"  {key}: {results['cases'][key]}", flush=True)
+    try:
+        with local_fleet(workdir / "fleet", nodes=2, standby=1, clouds=("gcp",),
+                         base_address=f"127.0.{args.net}.10") as fleet:
+            secret, secret_file = make_secret(workdir / "secret")
+            port = free_port()
+            agents(fleet, port, secret)
+            for label, transfer_s in bandwidths.items():
+                for plan_on in (True, False):
+                    key = f"{label}, {'plan' if plan_on else 'today'}"
+                    name = f"plan-{len(results['cases'])}"
+                    results["cases"][key] = case(fleet, workdir, port, secret, secret_file, args.size_mb, transfer_s,
+                                                 plan_on, name, args.grace)
+                    print(f"  {key}: {results['cases'][key]}", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # six jobs' checkpoints and replicas: gigabytes each
     results["machine"] = f"{platform.machine()} {platform.node()}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "plan.json").write_text(json.dumps(results, indent=2))

@@ -570,16 +570,18 @@ def _summary(manifest):
                      for rel, e in sorted(manifest['files'].items())) + '\n'
 
 
-def verify(checkpoint):
+def verify(checkpoint, hashes=None):
     """``state: verified``: every file hashed against the manifest. Raises CheckpointError listing every
-    missing, extra and mismatching file; returns what was checked."""
+    missing, extra and mismatching file; returns what was checked. ``hashes``: ``{relative path: {size, sha256}}``
+    computed over these very bytes as they were written (a restore from object storage hashes while it downloads), used
+    instead of reading the files again."""
     if not os.path.exists(checkpoint):
         raise CheckpointError('checkpoint %s does not exist' % checkpoint, missing=[], extra=[], mismatched=[])
     manifest = read_manifest(checkpoint)
     if manifest is None:
         raise CheckpointError('checkpoint %s has no manifest %s: seal it first (state=present)'
                               % (checkpoint, manifest_path(checkpoint)), missing=[], extra=[], mismatched=[])
-    actual = hash_files(checkpoint)
+    actual = hash_files(checkpoint) if hashes is None else hashes
     missing, extra, mismatched = compare_manifest(manifest['files'], actual)
     result = {'manifest': manifest_path(checkpoint), 'file_count': len(actual),
               'total_bytes': sum(e['size'] for e in actual.values()), 'missing': missing, 'extra': extra,

@@ -546,13 +546,14 @@ def target_spec(placement, here_root):
     return rebase(dict(spec), placement.get('source_root') or '', here_root or '')
 
 
-def _put_in_place(staged, final, is_dir, staging, check_mode):
+def _put_in_place(staged, final, is_dir, staging, check_mode, hashes=None):
     """Verified staged copy -> final name (manifest first for a file, then the checkpoint: atomic renames on one
-    file system); the staging directory removed. Idempotent: a copy already in place is verified instead."""
+    file system); the staging directory removed. Idempotent: a copy already in place is verified instead.
+    ``hashes``: the staged files' hashes taken as they were written (see verify)."""
     if os.path.exists(final) and not os.path.exists(staged):
         checked = verify(final)
         return checked, False
-    checked = verify(staged)
+    checked = verify(staged, hashes)
     if check_mode:
         return checked, True
     parent = os.path.dirname(final)
@@ -634,7 +635,7 @@ def _newest_replica(placement, final_dir, name, check_mode, run, root, migration
         shutil.rmtree(staging, ignore_errors=True)
         raise MigrationError('restoring %s from %s failed: %s' % (name, placement['store'], exc))
     try:
-        checked, moved = _put_in_place(got['staged'], final, got['is_dir'], staging, check_mode)
+        checked, moved = _put_in_place(got['staged'], final, got['is_dir'], staging, check_mode, got.get('hashes'))
     except CheckpointError:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -152,3 +152,52 @@ def test_restore_from_store_names_what_is_wrong(store, tmp_path, workload, messa
     s, _bucket = store
     with pytest.raises(MigrationError, match=message):
         restore_from_store(_agent._run, s.remote, workload, str(tmp_path / "ck"), False, rclone=s.rclone)
+
+
+def test_a_restore_hashes_as_it_writes_and_those_hashes_verify(store, tmp_path):
+    s, _bucket = store
+    ck = tmp_path / "src" / "step-00000005"
+    ck.mkdir(parents=True)
+    for i in range(3):
+        (ck / "sub").mkdir(exist_ok=True)
+        (ck / ("sub" if i else "") / f"shard-{i}.bin").write_bytes(os.urandom(5000 + i))
+    _checkpoint.seal(str(ck), step=5)
+    s.upload("job", str(ck), True, 5)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    got = s.download("job", str(staging))
+    assert got["hashes"] == _checkpoint.hash_files(got["staged"]), "streamed hashes are the bytes on disk"
+    assert _checkpoint.verify(got["staged"], got["hashes"])["file_count"] == 3
+
+
+def test_a_checkpoint_of_many_files_is_copied_in_one_call_and_hashed_after(store, tmp_path):
+    s, _bucket = store
+    ck = tmp_path / "src" / "step-00000006"
+    ck.mkdir(parents=True)
+    for i in range(_objstore.STREAM_MAX_FILES + 1):
+        (ck / f"part-{i:03d}.bin").write_bytes(os.urandom(100))
+    _checkpoint.seal(str(ck), step=6)
+    s.upload("job", str(ck), True, 6)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    got = s.download("job", str(staging))
+    assert got["hashes"] is None and _checkpoint.verify(got["staged"])["file_count"] == _objstore.STREAM_MAX_FILES + 1
+
+
+@pytest.mark.parametrize("rel", ["../escape.bin", "/etc/passwd", "a/../../b", "a//b"])
+def test_a_stored_manifest_naming_a_path_outside_the_checkpoint_is_refused(store, tmp_path, rel):
+    s, bucket = store
+    ck = tmp_path / "src" / "step-00000007"
+    ck.mkdir(parents=True)
+    (ck / "ok.bin").write_bytes(b"x" * 10)
+    _checkpoint.seal(str(ck), step=7)
+    s.upload("job", str(ck), True, 7)
+    manifest = bucket / "job" / "step-7" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["files"][rel] = data["files"].pop("ok.bin")
+    manifest.write_text(json.dumps(data))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(_objstore.StoreError, match="not a file of step-00000007: refused"):
+        s.download("job", str(staging))
+    assert not (tmp_path / "escape.bin").exists() and not list(staging.rglob("*.bin"))
