@@ -265,8 +265,8 @@ def _stop_and_take(driver, workload, check_mode, stop_timeout, emergency=None, s
     if not directory:
         raise MigrationError('workload %s has no checkpoint_dir: nothing to move' % workload['name'])
     emergency = emergency or {}
-    hard = hard or (stop == 'auto' and bool(emergency.get('emergency_ok'))
-                    and emergency.get('emergency_checkpoint') is not None)
+    emergency_taken = bool(emergency.get('emergency_ok')) and emergency.get('emergency_checkpoint') is not None
+    hard = hard or (stop == 'auto' and emergency_taken)
     stopped = ensure_stopped(driver, workload['name'], check_mode, stop_timeout, hard=hard)
     newest = find_checkpoint(directory)
     return {'checkpoint': newest['checkpoint'], 'format': newest['format'], 'step': newest['step'],

@@ -226,7 +226,8 @@ class Store:
                 with lock:
                     results[rel] = got
 
-        threads = [threading.Thread(target=worker, name='rclone-cat') for _ in range(min(self.transfers, len(jobs)) or 1)]
+        count = min(self.transfers, len(jobs)) or 1
+        threads = [threading.Thread(target=worker, name='rclone-cat-%d' % i) for i in range(count)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -237,8 +238,11 @@ class Store:
 
     def _cat_into(self, remote, local):
         parent = os.path.dirname(local)
-        if not os.path.isdir(parent):
+        try:
             os.makedirs(parent, 0o750)
+        except OSError:
+            if not os.path.isdir(parent):  # made meanwhile by another worker: fine; anything else is not
+                raise
         digest, size = hashlib.sha256(), 0
         argv = [self.rclone, 'cat', remote] + self._options()
         env = dict(os.environ, LC_ALL='C', LANG='C')

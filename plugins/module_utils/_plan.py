@@ -321,9 +321,9 @@ def assignments(the_plan, source, reservations, hostvars, controller=False):
         target = r['target']
         point = endpoint(target, hostvars.get(target), src_vars.get('spot_ssh_config'), controller=controller)
         replica = entry['prestaged'].get(name) or {}
+        held_here = replica.get('target') == target and replica.get('step') is not None
         point.update({'gpus': list(r.get('gpus') or []), 'owner': r['owner'],
-                      'replica_root': replica.get('root') if replica.get('target') == target and replica.get('root')
-                      and replica.get('step') is not None else None})
+                      'replica_root': (replica.get('root') or None) if held_here else None})
         if replica.get('store'):
             point.update(dict((k, replica[k]) for k in STORE_KEYS if replica.get(k) is not None))
         out[name] = point
