@@ -43,6 +43,9 @@ sys.path.insert(0, str(collections_path()))
 
 from ansible_collections.spot.migration.plugins.module_utils import _agent, _checkpoint, _objstore  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from watch_bench import free_port  # noqa: E402
+
 BIN = Path(sys.executable).parent
 SERVICES = {
     "s3": (lambda port: [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
@@ -55,13 +58,6 @@ SERVICES = {
 }
 CLEAN = ("AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS")
 TRANSFERS = 4
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rclone(*args: str) -> float:

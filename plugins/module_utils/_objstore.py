@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ._checkpoint import MANIFEST_NAME, manifest_path
 
@@ -93,8 +94,11 @@ class Store:
         try:
             return self.run(argv)
         except OSError as exc:
-            raise StoreError('%s could not be run (%s): install rclone on the node (Debian: apt install rclone)'
-                             % (self.rclone, exc))
+            raise self._missing(exc)
+
+    def _missing(self, exc):
+        return StoreError('%s could not be run (%s): install rclone on the node (Debian: apt install rclone)'
+                          % (self.rclone, exc))
 
     def _options(self):
         # No --use-server-modtime: on uploads it costs rclone a second round per object (3 s of 14 for 1 GiB to S3).
@@ -207,33 +211,18 @@ class Store:
 
     def _stream(self, what, jobs):
         """``rclone cat`` each object into its file, hashing the bytes as they are written, ``transfers`` at a time.
-        Returns ``{relative path: {size, sha256}}``; StoreError naming the first object that failed."""
-        results, errors, lock = {}, [], threading.Lock()
-        pending = list(jobs)
-
-        def worker():
-            while True:
-                with lock:
-                    if not pending or errors:
-                        return
-                    remote, local, rel = pending.pop(0)
+        Returns ``{relative path: {size, sha256}}``; StoreError naming the first object that failed (the ones not
+        started yet are not)."""
+        with ThreadPoolExecutor(min(self.transfers, len(jobs)) or 1) as pool:
+            started = [(pool.submit(self._cat_into, remote, local), remote, rel) for remote, local, rel in jobs]
+            results = {}
+            for future, remote, rel in started:
                 try:
-                    got = self._cat_into(remote, local)
+                    results[rel] = future.result()
                 except (StoreError, OSError) as exc:
-                    with lock:
-                        errors.append('download of %s (%s) failed: %s' % (what, remote, exc))
-                    return
-                with lock:
-                    results[rel] = got
-
-        count = min(self.transfers, len(jobs)) or 1
-        threads = [threading.Thread(target=worker, name='rclone-cat-%d' % i) for i in range(count)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise StoreError(errors[0])
+                    for later, _remote, _rel in started:
+                        later.cancel()
+                    raise StoreError('download of %s (%s) failed: %s' % (what, remote, exc))
         return results
 
     def _cat_into(self, remote, local):
@@ -249,8 +238,7 @@ class Store:
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         except OSError as exc:
-            raise StoreError('%s could not be run (%s): install rclone on the node (Debian: apt install rclone)'
-                             % (self.rclone, exc))
+            raise self._missing(exc)
         box = {}
         reader = threading.Thread(target=lambda: box.update(err=proc.stderr.read()), name='rclone-stderr')
         reader.start()
