@@ -1,5 +1,7 @@
 """An ssh stand-in for transfer tests: the "remote" command runs on this machine; each call is logged."""
 
+from pathlib import Path
+
 FAKE_SSH = r"""#!/bin/sh
 # ssh stand-in: options are logged and skipped, the host dropped, the command run here.
 echo "$*" >> "$(dirname "$0")/calls.log"
@@ -13,3 +15,13 @@ while [ $# -gt 0 ]; do
 done
 exec sh -c "$*"
 """
+
+
+def fake_ssh(directory: Path) -> Path:
+    """The stand-in as ``directory/bin/ssh`` (made executable); its calls go to ``directory/bin/calls.log``."""
+    bindir = Path(directory) / "bin"
+    bindir.mkdir()
+    ssh = bindir / "ssh"
+    ssh.write_text(FAKE_SSH)
+    ssh.chmod(0o755)
+    return ssh

@@ -15,7 +15,7 @@ import pytest
 
 from ansible_collections.spot.migration.plugins.module_utils import _agent, _migration, _transfer, _workload
 
-from tests.helpers.ssh_stand_in import FAKE_SSH
+from tests.helpers.ssh_stand_in import fake_ssh
 
 TRAINER = Path(__file__).resolve().parents[2] / "src" / "spot_migration" / "trainer.py"
 
@@ -24,11 +24,7 @@ pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="needs rsy
 
 @pytest.fixture
 def node(tmp_path):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    ssh = bindir / "ssh"
-    ssh.write_text(FAKE_SSH)
-    ssh.chmod(0o755)
+    ssh = fake_ssh(tmp_path)
     target_root = tmp_path / "target"
     target_root.mkdir()
     driver = _workload.ProcessDriver(_agent._run, str(tmp_path / "workloads"))

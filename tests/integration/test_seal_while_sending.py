@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.spot.migration.plugins.module_utils import _agent, _checkpoint, _migration, _transfer, _workload
-from tests.helpers.ssh_stand_in import FAKE_SSH
+from tests.helpers.ssh_stand_in import fake_ssh
 
 TRAINER = Path(__file__).resolve().parents[2] / "src" / "spot_migration" / "trainer.py"
 
@@ -24,14 +24,10 @@ pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="needs rsy
 
 @pytest.fixture
 def remote(tmp_path):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    ssh = bindir / "ssh"
-    ssh.write_text(FAKE_SSH)
-    ssh.chmod(0o755)
+    ssh = fake_ssh(tmp_path)
     root = tmp_path / "target"
     root.mkdir()
-    return _transfer.Endpoint("node2", [str(ssh)], str(root), "node2"), bindir / "calls.log"
+    return _transfer.Endpoint("node2", [str(ssh)], str(root), "node2"), ssh.parent / "calls.log"
 
 
 def _file(path: Path, mib: int) -> Path:
