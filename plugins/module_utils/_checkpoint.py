@@ -427,6 +427,27 @@ def find_checkpoint(path, fmt='auto', newer_than=None, max_age=None, stable_for=
                           % (path, ' ' + ' and '.join(limits) if limits else '', len(rejected)), rejected=rejected)
 
 
+def complete_checkpoints(path, fmt='auto', now=None):
+    """Every complete checkpoint under ``path`` (find_checkpoint's judgement of each), newest step first; ``[]`` when
+    there is none or ``path`` does not exist."""
+    if not os.path.exists(path):
+        return []
+    now = time.time() if now is None else now
+    cands, _early = _candidates(path, fmt)
+    siblings_commit = any(os.path.exists(os.path.join(c.path, 'commit_success.txt')) for c in cands
+                          if os.path.isdir(c.path))
+    out = []
+    for cand in cands:
+        try:
+            cand.scan()
+            check_candidate(cand, 0.0, now, siblings_commit)
+        except (OSError, Incomplete):
+            continue
+        out.append(cand.result())
+    out.sort(key=lambda r: (r.get('step') if r.get('step') is not None else -1, r.get('mtime') or 0), reverse=True)
+    return out
+
+
 def parse_time(value, what='newer_than'):
     """Epoch seconds (number or numeric string) or ISO 8601 -> epoch seconds; None stays None."""
     if value is None or value == '':

@@ -39,7 +39,7 @@ __metaclass__ = type
 ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,159}$')
 STAGING = '.spot-staging'
 SPEC_PARAMS = ('name', 'runtime', 'image', 'command', 'args', 'resume_arg', 'env', 'volumes', 'checkpoint_dir',
-               'checkpoint_signal', 'checkpoint_command', 'workdir')
+               'checkpoint_signal', 'checkpoint_command', 'workdir', 'gang')
 
 
 class MigrationError(Exception):

@@ -231,11 +231,12 @@ def has_image(candidate, image):
 
 def reserve_many(path, requests, candidates, min_free_memory_mb=0, ttl=900, check_mode=False, clock=time.time):
     """One joint reservation for a wave of workloads: each request (``owner``, ``gpus``, ``exclude``, ``target``,
-    ``adopt``, ``image``) reserved in turn, each under the lock and seeing the ones before it, so no GPU is promised
-    twice. A container workload (``image``) goes only where its image already is, so its source copy is never
-    stopped for a target that cannot start it. A request that cannot be met is returned with its ``error`` and does
-    not stop the others."""
+    ``adopt``, ``image``, ``apart``: requests with the same value never share a host) reserved in turn, each under
+    the lock and seeing the ones before it, so no GPU is promised twice. A container workload (``image``) goes only
+    where its image already is, so its source copy is never stopped for a target that cannot start it. A request that
+    cannot be met is returned with its ``error`` and does not stop the others."""
     results = []
+    apart = {}  # requests that must not share a host (a gang's members): the hosts the earlier ones took
     for request in requests:
         owner = request.get('owner')
         if not owner:
@@ -251,8 +252,9 @@ def reserve_many(path, requests, candidates, min_free_memory_mb=0, ttl=900, chec
                 raise PlacementError('no candidate holds the container image %s (%s): pull it onto a target first; '
                                      'the workload keeps running where it is'
                                      % (image, ', '.join(r['host'] for r in no_image)))
+            taken = tuple(apart.get(request.get('apart'), ())) if request.get('apart') else ()
             done = reserve(path, owner, usable, int(request.get('gpus') or 0), min_free_memory_mb,
-                           tuple(request.get('exclude') or ()), ttl, request.get('target') or None, check_mode, clock,
+                           tuple(request.get('exclude') or ()) + taken, ttl, request.get('target') or None, check_mode, clock,
                            adopt=request.get('adopt') or None)
             done['error'] = None
         except PlacementError as exc:
@@ -263,6 +265,8 @@ def reserve_many(path, requests, candidates, min_free_memory_mb=0, ttl=900, chec
         done['name'] = request.get('name')
         done['source'] = request.get('source')
         done['reserved_at'] = clock()
+        if request.get('apart') and done.get('target'):
+            apart.setdefault(request['apart'], []).append(done['target'])
         results.append(done)
     return results
 

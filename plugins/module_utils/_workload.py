@@ -22,6 +22,7 @@ import time
 
 from ._checkpoint import CheckpointError, find_checkpoint, wait_for_checkpoint
 from ._common import write_json_atomic
+from ._gang import GangError, check_gang, gang_env, member_name
 
 __metaclass__ = type
 
@@ -30,7 +31,7 @@ NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$')
 SPEC_LABEL = 'spot.migration.spec'
 MANAGED_LABEL = 'spot.migration.managed'
 SPEC_KEYS = ('name', 'runtime', 'image', 'command', 'args', 'resume_from', 'resume_arg', 'gpus', 'env', 'volumes',
-             'checkpoint_dir', 'checkpoint_signal', 'checkpoint_command', 'workdir')
+             'checkpoint_dir', 'checkpoint_signal', 'checkpoint_command', 'workdir', 'gang')
 SIM_GPU_ENV = 'SPOT_SIM_GPU_STATE'
 
 
@@ -111,6 +112,18 @@ def build_spec(params):
         for path in (spec['checkpoint_dir'], spec['resume_from']):
             if path and ':' in path:
                 raise WorkloadError('path %r contains ":", which container volume syntax cannot carry' % (path,))
+    if spec.get('gang'):
+        try:
+            spec['gang'] = check_gang(spec['gang'])
+        except GangError as exc:
+            raise WorkloadError('workload %s: %s' % (name, exc))
+        expected = member_name(spec['gang']['name'], spec['gang']['rank'])
+        if name != expected:
+            raise WorkloadError('workload %s is member %d of gang %s: its name must be %s'
+                                % (name, spec['gang']['rank'], spec['gang']['name'], expected))
+        spec['env'].update(gang_env(spec['gang']))  # the rendezvous wins over the same names in env
+    else:
+        spec['gang'] = None
     if spec['resume_from'] and not any('{checkpoint}' in a for a in spec['resume_arg']):
         raise WorkloadError('resume_arg %r has no {checkpoint} placeholder for resume_from' % (spec['resume_arg'],))
     return spec

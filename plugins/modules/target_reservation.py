@@ -40,7 +40,8 @@ options:
     description:
       - A joint reservation for many workloads at once (a wave of evictions), made in order under the lock so that no
         GPU is promised twice. Each item has C(owner), C(gpus), and optionally C(name), C(exclude), C(target), C(adopt),
-        as the options of the same names.
+        as the options of the same names, and C(apart) - requests with the same C(apart) value never share a host
+        (the members of a gang).
       - A request that cannot be met comes back with its C(error) and does not stop the others.
       - With O(state=absent), each C(owner) is released.
     type: list

@@ -111,6 +111,24 @@ options:
   workdir:
     description: Working directory of the workload.
     type: path
+  gang:
+    description:
+      - This workload is one member of a job that spans several nodes (a gang), whose rendezvous it gets in its
+        environment - C(MASTER_ADDR), C(MASTER_PORT), C(NNODES), C(NODE_RANK), C(NPROC_PER_NODE), the same as
+        C(PET_*) for C(torchrun), C(SPOT_GANG), C(SPOT_GANG_GENERATION), and with one process per member C(RANK),
+        C(WORLD_SIZE), C(LOCAL_RANK), C(LOCAL_WORLD_SIZE). These win over the same names in O(env).
+      - The workload must be named C(<gang name>.<rank>). The deploy playbook (C(workload.gang)) writes this for
+        each member; P(spot.migration.migrate_gang#playbook) moves a member and restarts the gang.
+    type: dict
+    suboptions:
+      name: {description: The gang's name., type: str, required: true}
+      size: {description: How many members (nodes)., type: int, required: true}
+      rank: {description: This member's rank (C(NODE_RANK))., type: int, required: true}
+      nproc_per_node: {description: Processes per member., type: int, default: 1}
+      master_addr: {description: Member 0's address, where the rendezvous is., type: str, required: true}
+      master_port: {description: The rendezvous port., type: int, default: 29500}
+      generation: {description: How many times the gang was restarted (a new rendezvous each time)., type: int, default: 0}
+      members: {description: The members' hosts by rank., type: list, elements: str, default: []}
   deadline:
     description: V(checkpointed) waits this many seconds for the checkpoint.
     type: float
@@ -249,6 +267,11 @@ def main():
             checkpoint_signal=dict(type='str', default='SIGUSR1'),
             checkpoint_command=dict(type='list', elements='str'),
             workdir=dict(type='path'),
+            gang=dict(type='dict', options=dict(
+                name=dict(type='str', required=True), size=dict(type='int', required=True),
+                rank=dict(type='int', required=True), nproc_per_node=dict(type='int', default=1),
+                master_addr=dict(type='str', required=True), master_port=dict(type='int', default=29500),
+                generation=dict(type='int', default=0), members=dict(type='list', elements='str', default=[]))),
             deadline=dict(type='float', default=60.0),
             stable_for=dict(type='float', default=0.0),
             signalled_at=dict(type='float'),

@@ -1,0 +1,220 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) spot.migration contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The controller's side of a gang migration (the migrate_gang playbook, through the migration_gang filter): the
+run's plan from its variables, the hosts each play runs on, the reservation requests for the evicted members, the
+new layout (the step every member holds, a replacement per evicted member, the new rendezvous), each new member's
+placement, and the record. Pure data; no I/O but the fence file."""
+
+from __future__ import absolute_import, division, print_function
+
+import time
+
+from ._gang import GangError, check_gang, common_step, member_name, new_layout
+from ._migration import MigrationError, check_id
+from ._plan import _fenced, endpoint, fence_holds
+
+__metaclass__ = type
+
+
+def _hosts(value, what):
+    if isinstance(value, str):
+        value = [h.strip() for h in value.split(',') if h.strip()]
+    if not isinstance(value, list) or not value or any(not isinstance(h, str) or not h for h in value):
+        raise MigrationError('%s must be a host or a list of hosts, not %r' % (what, value))
+    return list(value)
+
+
+def plan(variables, groups, now=None):
+    """The run's plan from the playbook's variables: ``gang`` (its name), ``source`` (the evicted member or members),
+    and optionally ``gang_members`` (the members by rank, as the watcher knows them), ``migration_id``,
+    ``migration_fence``/``fence_file`` (the watcher's fence), ``signalled_at``, ``deadline``, ``resume_timeout``,
+    ``spot_reservation_file``, ``spot_record_dir``, ``alert_webhooks``."""
+    v = dict(variables or {})
+    gang = v.get('gang')
+    try:
+        check_gang({'name': gang, 'size': 1, 'rank': 0, 'master_addr': 'x'})
+    except GangError as exc:
+        raise MigrationError('migrate_gang needs -e gang=NAME: %s' % exc)
+    sources = _hosts(v.get('source'), 'source')
+    inventory = set(groups.get('all') or [])
+    unknown = [h for h in sources if h not in inventory]
+    if unknown:
+        raise MigrationError('source %s is not in the inventory' % ', '.join(unknown))
+    members = v.get('gang_members') or None
+    if members is not None:
+        members = _hosts(members, 'gang_members')
+    now = time.time() if now is None else now
+    mid = check_id(v.get('migration_id') or 'gang-%s-%s' % (gang, time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))))
+    return {'gang': gang, 'id': mid, 'sources': sources, 'members': members,
+            'fence': str(v['migration_fence']) if v.get('migration_fence') is not None else None,
+            'fence_file': v.get('fence_file') or None,
+            'signalled_at': v.get('signalled_at'), 'deadline': float(v.get('deadline') or 30.0),
+            'resume_timeout': float(v.get('resume_timeout') or 120.0),
+            'reservation_file': v['spot_reservation_file'], 'record_dir': v['spot_record_dir'],
+            'alert_webhooks': list(v.get('alert_webhooks') or []),
+            'pool': [h for h in (groups.get('standby') or []) + (groups.get('spot') or []) if h not in sources]}
+
+
+def members(the_plan, host_vars):
+    """The members by rank: the plan's, else what ``describe`` found on the first source."""
+    if the_plan.get('members'):
+        return list(the_plan['members'])
+    described = (host_vars.get(the_plan['sources'][0]) or {}).get('gang_described') or {}
+    found = (described.get('gang') or {}).get('members')
+    if not found:
+        raise MigrationError('could not learn the members of gang %s from %s: %s'
+                             % (the_plan['gang'], the_plan['sources'][0], described.get('msg') or 'no answer'))
+    missing = [s for s in the_plan['sources'] if s not in found]
+    if missing:
+        raise MigrationError('%s: not a member of gang %s (members: %s)'
+                             % (', '.join(missing), the_plan['gang'], ', '.join(found)))
+    return list(found)
+
+
+def checkpoint_hosts(the_plan, host_vars):
+    """The first play's hosts: every member (it saves) and every candidate for a replacement (described meanwhile)."""
+    found = members(the_plan, host_vars)
+    return found + [h for h in the_plan['pool'] if h not in found]
+
+
+def _parts(the_plan, host_vars, found):
+    parts, errors, rows = {}, [], {}
+    for host in found:
+        result = (host_vars.get(host) or {}).get('gang_checkpoint') or {}
+        member = result.get('member')
+        if result.get('failed') or result.get('unreachable') or not member:
+            errors.append('%s: %s' % (host, result.get('msg') or 'no answer'))
+            continue
+        parts[host] = member.get('steps') or []
+        rows[host] = member
+    if errors:
+        raise MigrationError('gang %s could not checkpoint together (%s): nothing was stopped'
+                             % (the_plan['gang'], '; '.join(errors)))
+    return parts, rows
+
+
+def requests(the_plan, host_vars):
+    """A reservation request per evicted member: its GPUs, never on a member or a source."""
+    found = members(the_plan, host_vars)
+    _parts_, rows = _parts(the_plan, host_vars, found)
+    out = []
+    for host in the_plan['sources']:
+        row = rows[host]
+        out.append({'owner': '%s/%s' % (the_plan['id'], row['name']), 'name': row['name'], 'source': host,
+                    'gpus': len((row.get('spec') or {}).get('gpus') or []),
+                    'exclude': sorted(set(found) | set(the_plan['sources'])), 'apart': 'gang/' + the_plan['gang']})
+    return out
+
+
+def candidates(the_plan, host_vars):
+    """The described candidates (migration_target step=describe's ``candidate``), members left out."""
+    found = set(members(the_plan, host_vars))
+    out = []
+    for host in the_plan['pool']:
+        described = (host_vars.get(host) or {}).get('migrate_described') or {}
+        if host not in found and described.get('candidate'):
+            out.append(described['candidate'])
+    return out
+
+
+def layout(the_plan, host_vars, reservations):
+    """The gang after this migration: ``step`` (the newest every member holds), ``replacements`` (evicted ->
+    target), ``gang`` (the new description, without rank), ``old_members``, ``new_members``, and per evicted member
+    the endpoint its part goes to (``targets``). A MigrationError - before anything is stopped - when a member could
+    not save, no step is held by every member, or an evicted member has no replacement."""
+    found = members(the_plan, host_vars)
+    parts, rows = _parts(the_plan, host_vars, found)
+    try:
+        step = common_step(parts)
+    except GangError as exc:
+        raise MigrationError('gang %s: %s; nothing was stopped' % (the_plan['gang'], exc))
+    replacements, errors = {}, []
+    for r in reservations or []:
+        if r.get('error') or not r.get('target'):
+            errors.append('%s (on %s): %s' % (r.get('name'), r.get('source'), r.get('error') or 'no target'))
+        else:
+            replacements[r['source']] = r
+    if errors:
+        raise MigrationError('gang %s: no replacement for %s; nothing was stopped, the gang runs on'
+                             % (the_plan['gang'], '; '.join(errors)))
+    gang = dict(check_gang(rows[found[0]]['spec']['gang']), members=found)
+    addresses = dict((h, str((host_vars.get(h) or {}).get('spot_gang_address') or (host_vars.get(h) or {}).get(
+        'ansible_host') or h)) for h in found + [r['target'] for r in replacements.values()])
+    try:
+        new = new_layout(gang, the_plan['sources'], dict((s, r['target']) for s, r in replacements.items()), addresses)
+    except GangError as exc:
+        raise MigrationError(str(exc))
+    targets = {}
+    for source, r in replacements.items():
+        point = endpoint(r['target'], host_vars.get(r['target']),
+                         (host_vars.get(source) or {}).get('spot_ssh_config'))
+        point.update({'gpus': list(r.get('gpus') or []), 'owner': r.get('owner')})
+        targets[source] = point
+    return {'id': the_plan['id'], 'gang': new, 'step': step, 'old_members': found, 'new_members': new['members'],
+            'sources': list(the_plan['sources']), 'targets': targets,
+            'replacements': dict((s, r['target']) for s, r in replacements.items()),
+            'names': dict((h, rows[h]['name']) for h in found)}
+
+
+def placements(the_layout, the_plan, host_vars, here):
+    """What ``here`` starts: its member of the gang, from its own part (a survivor) or from the verified copy of the
+    evicted member's part (a replacement), with the new rendezvous. Only while this run holds its fence."""
+    if not fence_holds(the_plan):
+        raise _fenced(the_plan, 'the gang starts again')
+    rank = the_layout['new_members'].index(here)
+    old = the_layout['old_members'][rank]
+    release = (host_vars.get(old) or {}).get('gang_release') or {}
+    sealed = release.get('sealed')
+    failed = [h for h in the_layout['old_members']
+              if ((host_vars.get(h) or {}).get('gang_release') or {}).get('failed')
+              or not ((host_vars.get(h) or {}).get('gang_release') or {}).get('sealed')]
+    if failed:
+        raise MigrationError('gang %s does not start again: %s' % (the_plan['gang'], '; '.join(
+            '%s: %s' % (h, ((host_vars.get(h) or {}).get('gang_release') or {}).get('msg') or 'no answer')
+            for h in failed)))
+    spec = dict(sealed['spec'])
+    spec['gang'] = dict(the_layout['gang'], rank=rank)
+    moved = old != here
+    row = {'name': member_name(the_plan['gang'], rank), 'migration_id': the_layout['id'], 'source': old,
+           'target': here, 'checkpoint': sealed['checkpoint'], 'is_dir': sealed['is_dir'], 'step': sealed['step'],
+           'spec': spec, 'bytes': sealed.get('bytes'),
+           'gpus': list(the_layout['targets'][old]['gpus']) if moved else list(spec.get('gpus') or []),
+           'owner': the_layout['targets'][old].get('owner') if moved else None,
+           'source_root': str((host_vars.get(old) or {}).get('spot_checkpoint_root') or ''),
+           'transfer': 'rsync' if moved else 'shared', 'staged': sealed.get('staged') if moved else None}
+    return [row]
+
+
+def record(the_plan, the_layout, host_vars, check_mode, finished_at=None):
+    """The run's record: one row per member (old host -> new host, the step, when it ran again, its first new step),
+    or the run's error when it stopped before a layout."""
+    finished_at = time.time() if finished_at is None else finished_at
+    base = {'id': the_plan['id'], 'gang': the_plan['gang'], 'source': ','.join(the_plan['sources']),
+            'kind': 'gang', 'check_mode': bool(check_mode),
+            'finished_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(finished_at))}
+    if not the_layout:
+        return dict(base, migrations=[], problems=['gang %s was not moved' % the_plan['gang']])
+    rows, problems = [], []
+    for rank, (old, new) in enumerate(zip(the_layout['old_members'], the_layout['new_members'])):
+        placed = (((host_vars.get(new) or {}).get('migrate_placed') or {}).get('placed') or {})
+        progress = (((host_vars.get(new) or {}).get('migrate_progress') or {}).get('progress') or {})
+        name = member_name(the_plan['gang'], rank)
+        mine, went = placed.get(name) or {}, progress.get(name) or {}
+        error = None
+        for result in ((host_vars.get(old) or {}).get('gang_release'), (host_vars.get(new) or {}).get('migrate_placed'),
+                       (host_vars.get(new) or {}).get('migrate_progress')):
+            if isinstance(result, dict) and (result.get('failed') or result.get('unreachable')):
+                error = error or result.get('msg') or 'unreachable'
+        if went.get('error'):
+            error = error or went['error']
+        if error:
+            problems.append('%s (%s -> %s): %s' % (name, old, new, error))
+        rows.append({'workload': name, 'rank': rank, 'source': old, 'target': new, 'moved': old != new,
+                     'checkpoint_step': the_layout['step'], 'checkpoint': mine.get('checkpoint'),
+                     'started_at': mine.get('started_at'), 'first_new_step': went.get('first_new_step'),
+                     'resumed_at': went.get('resumed_at'), 'outcome': 'failed' if error else (
+                         'planned' if check_mode else 'resumed'), 'error': error})
+    return dict(base, migrations=rows, problems=problems, step=the_layout['step'], generation=the_layout['gang'][
+        'generation'], master_addr=the_layout['gang']['master_addr'], members=the_layout['new_members'])
