@@ -182,7 +182,16 @@ def source_checkpoint(by_runtime, migration_id, source, names, include_stopped, 
     it there. ``wait=True``: return when every one is complete or late (step ``checkpointed``)."""
     migration_id = check_id(migration_id)
     found = list_workloads(by_runtime, warn)
+    # A gang's member moves with its gang (spot.migration.migrate_gang): moved alone, its peers would hang.
+    gangs = dict((w['name'], w['spec']['gang']['name']) for w in found if (w.get('spec') or {}).get('gang'))
     wanted = list(names or [])
+    if [n for n in wanted if n in gangs]:
+        raise MigrationError('%s on %s: a member of a gang moves with its gang - run spot.migration.migrate_gang '
+                             '-e gang=%s -e source=%s' % (', '.join(n for n in wanted if n in gangs), source,
+                                                          gangs[[n for n in wanted if n in gangs][0]], source))
+    found = [w for w in found if w['name'] not in gangs]
+    if gangs and warn:
+        warn('left to spot.migration.migrate_gang: %s' % ', '.join('%s (gang %s)' % i for i in sorted(gangs.items())))
     if wanted:
         moving = [w for w in found if w['name'] in wanted and (w['running'] or include_stopped)]
         missing = [n for n in wanted if n not in [w['name'] for w in moving]]
@@ -224,6 +233,7 @@ def source_checkpoint(by_runtime, migration_id, source, names, include_stopped, 
     return {
         'changed': any(not isinstance(a, Exception) and a is not None and a.get('changed') for a in answers),
         'moving': moving,
+        'gang_members': gangs,
         'deadline': float(deadline),
         'checkpointed_at': iso(),
         'migration': {'id': migration_id, 'step': 'checkpointed' if wait else 'checkpointing', 'source': source,

@@ -197,6 +197,55 @@ class MigrationRunner:
         if at_risk:
             extravars["at_risk_hosts"] = at_risk
 
+    def _gangs_of(self, sources: list[str]) -> dict[str, list[str]]:
+        """``{gang: [the sources that host one of its members]}``, from what the ledger knows runs on them."""
+        out: dict[str, list[str]] = {}
+        for source in sources:
+            for w in self.ledger.workloads(node=source):
+                gang = ((w.get("spec") or {}).get("gang") or {}).get("name")
+                if gang and source not in out.get(gang, []):
+                    out.setdefault(gang, []).append(source)
+        return out
+
+    def _run_gangs(self, rows: dict[str, dict], fences: dict[str, int], fence_files: dict[str, Path]) -> dict[str, str]:
+        """The gangs with a member on these migrations' sources: one ``migrate_gang`` run per gang (its members
+        evicted in this wave in one run, under the fence of the first one's migration), before the sources' other
+        workloads move (``migrate`` leaves a gang's members to it). Returns ``{migration id: error}`` for the
+        migrations whose gang could not be moved."""
+        by_source = {m["source"]: mid for mid, m in rows.items()}
+        errors: dict[str, str] = {}
+        for gang, sources in sorted(self._gangs_of(sorted(by_source)).items()):
+            first = by_source[sources[0]]
+            ident = f"{first}.{gang}"
+            extravars: dict[str, Any] = dict(self.config.migrate.extra_vars)
+            extravars.update({"gang": gang, "source": sources, "migration_id": ident,
+                              "migration_fence": str(fences[first]), "fence_file": str(fence_files[first]),
+                              "spot_record_dir": str(self.record_dir),
+                              "spot_reservation_file": str(self.reservation_file)})
+            signalled_at = self.ledger.signalled_at(rows[first]["notice_id"])
+            if signalled_at:
+                extravars["signalled_at"] = signalled_at
+            self.log(f"migration {first}: gang {gang} has members on {', '.join(sources)}: one migrate_gang run")
+            rc, _private = self.actions.run(f"{first}-{fences[first]}-gang-{gang}", "spot.migration.migrate_gang",
+                                            extravars, marker=first, timeout=self.config.migrate.timeout,
+                                            cancel=lambda mid=first: mid in self.fenced_out,
+                                            forks=max(int(self.config.migrate.forks), 8))
+            path = self.record_dir / f"{ident}.json"
+            record = json.loads(path.read_text()) if path.exists() else {}
+            for row in record.get("migrations") or []:
+                if row.get("moved") and row.get("outcome") == "resumed" and self.ledger.workload_moved(
+                        row["workload"], row["target"]):
+                    self.log(f"migration {first}: {row['workload']} (gang {gang}) now runs on {row['target']}")
+            if rc != 0:
+                why = "; ".join(record.get("problems") or []) or f"migrate_gang rc {rc} (its run: {_private})"
+                self.log(logs.warning(f"migration {first}: gang {gang} not moved: {why}"))
+                for source in sources:
+                    errors[by_source[source]] = f"gang {gang}: {why}"[:2000]
+            else:
+                self.log(f"migration {first}: gang {gang} runs again on {', '.join(record.get('members') or [])} "
+                         f"from step {record.get('step')}")
+        return errors
+
     def _run_wave(self, claimed: Claimed) -> None:
         """Fresh migrations (one or a wave of them) as one migrate run over all their sources: hosts in parallel, one
         joint reservation. Each migration advances its own ledger entry from the results that name it, gets its own
@@ -204,13 +253,14 @@ class MigrationRunner:
         rows = {mid: self.ledger.migration(mid) for mid, _fence in claimed}
         fences = dict(claimed)
         sources = {rows[mid]["source"]: mid for mid in rows}
-        migrations = {}
+        migrations, fence_files = {}, {}
         for mid, fence in claimed:
-            fence_file = self._write_fence(mid, fence)
+            fence_file = fence_files[mid] = self._write_fence(mid, fence)
             leftovers = actions_mod.kill_marked(mid)
             if leftovers:
                 self.log(f"migration {mid}: stopped {len(leftovers)} process(es) left by an earlier run")
             migrations[rows[mid]["source"]] = self._per_source(rows[mid], fence, fence_file)
+        gang_errors = self._run_gangs(rows, fences, fence_files)
         extravars: dict[str, Any] = dict(self.config.migrate.extra_vars)
         extravars.update({"source": sorted(sources), "migrations": migrations, "transfer": self.config.migrate.transfer,
                           "spot_record_dir": str(self.record_dir), "spot_reservation_file": str(self.reservation_file)})
@@ -236,6 +286,8 @@ class MigrationRunner:
                 self.log(f"migration {mid}: given up, another watcher holds it (fence {fence} superseded during the run)")
                 continue
             outcome, why = self._outcome(mid, rc, events)
+            if mid in gang_errors:
+                outcome, why = "failed", "; ".join(filter(None, [gang_errors[mid], why]))
             try:
                 self._finish(mid, fence, outcome, error=why, private=private)
             except Fenced:
@@ -315,6 +367,8 @@ class MigrationRunner:
                                    remove=(m["source"], done), marker=migration_id)
         elif resumed and m["workloads"]:
             extravars.update({"workloads": m["workloads"], "include_stopped": True})
+        gang_errors = self._run_gangs({migration_id: m}, {migration_id: fence}, {migration_id: fence_file}) \
+            if self.controller is None else {}
         events = actions_mod.MigrationEvents(lambda state, **kw: self._advance(migration_id, fence, state, **kw))
         if self.controller is not None:
             self._run_on_controller(migration_id, fence, extravars, events)
@@ -325,10 +379,10 @@ class MigrationRunner:
                                        forks=self.config.migrate.forks)
         if migration_id in self.fenced_out:
             raise Fenced(f"fence {fence} superseded during the run")
-        if rc == 0:
+        if rc == 0 and not gang_errors:
             self._finish(migration_id, fence, "running", private=private)
         else:
-            why = "; ".join(events.failures[-3:]) or f"ansible-playbook rc {rc}"
+            why = "; ".join(list(gang_errors.values()) + events.failures[-3:]) or f"ansible-playbook rc {rc}"
             self._finish(migration_id, fence, "failed", error=why, private=private)
 
     def _follow_earlier_job(self, migration_id: str, fence: int) -> bool:
@@ -386,7 +440,13 @@ class MigrationRunner:
         for w in self.ledger.workloads(node=node):
             self.ledger.fence(node, w["name"], migration_id)
             in_store = (stored.get(w["name"]) or {}).get("step") is not None
-            if w["replica"] and w["replica_root"] and (w["replica_step"] is not None or in_store):
+            if (w["spec"] or {}).get("gang"):
+                # Resumed alone on its replica node, a member would wait for a rendezvous that never comes.
+                self.log(logs.warning(f"migration {migration_id}: {w['name']} is a member of gang "
+                                      f"{w['spec']['gang']['name']}: not resumed alone (a lost gang member is not "
+                                      "recovered yet)"))
+                skipped.append(w["name"])
+            elif w["replica"] and w["replica_root"] and (w["replica_step"] is not None or in_store):
                 item = {"name": w["name"], "spec": w["spec"], "replica": w["replica"], "replica_root": w["replica_root"],
                         "gpus": w["replica_gpus"] or []}
                 if in_store:
