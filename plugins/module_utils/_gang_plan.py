@@ -126,6 +126,9 @@ def layout(the_plan, host_vars, reservations):
     not save, no step is held by every member, or an evicted member has no replacement."""
     found = members(the_plan, host_vars)
     parts, rows = _parts(the_plan, host_vars, found)
+    done = _already_moved(the_plan, found, rows)
+    if done is not None:
+        return done
     try:
         step = common_step(parts)
     except GangError as exc:
@@ -155,6 +158,22 @@ def layout(the_plan, host_vars, reservations):
     return {'id': the_plan['id'], 'gang': new, 'step': step, 'old_members': found, 'new_members': new['members'],
             'sources': list(the_plan['sources']), 'targets': targets,
             'replacements': dict((s, r['target']) for s, r in replacements.items()),
+            'names': dict((h, rows[h]['name']) for h in found)}
+
+
+def _already_moved(the_plan, found, rows):
+    """A run resumed after the gang already runs again without the sources (its watcher died after the restart): a
+    member with a newer generation whose members leave every source out. The layout of what runs (``done``)."""
+    base = check_gang(rows[the_plan['sources'][0]]['spec']['gang'])['generation']
+    newer = [check_gang(r['spec']['gang']) for r in rows.values() if (r.get('spec') or {}).get('gang')]
+    newer = [g for g in newer if g['generation'] > base and not set(g['members']) & set(the_plan['sources'])]
+    if not newer:
+        return None
+    gang = max(newer, key=lambda g: g['generation'])
+    gang.pop('rank')
+    return {'id': the_plan['id'], 'gang': gang, 'step': None, 'done': True, 'old_members': found,
+            'new_members': gang['members'], 'sources': list(the_plan['sources']), 'targets': {},
+            'replacements': dict((s, gang['members'][found.index(s)]) for s in the_plan['sources']),
             'names': dict((h, rows[h]['name']) for h in found)}
 
 
@@ -196,6 +215,12 @@ def record(the_plan, the_layout, host_vars, check_mode, finished_at=None):
             'finished_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(finished_at))}
     if not the_layout:
         return dict(base, migrations=[], problems=['gang %s was not moved' % the_plan['gang']])
+    if the_layout.get('done'):
+        rows = [{'workload': member_name(the_plan['gang'], rank), 'rank': rank, 'source': old, 'target': new,
+                 'moved': old != new, 'outcome': 'resumed', 'error': None, 'already': True}
+                for rank, (old, new) in enumerate(zip(the_layout['old_members'], the_layout['new_members']))]
+        return dict(base, migrations=rows, problems=[], step=None, generation=the_layout['gang']['generation'],
+                    master_addr=the_layout['gang']['master_addr'], members=the_layout['new_members'], already=True)
     rows, problems = [], []
     for rank, (old, new) in enumerate(zip(the_layout['old_members'], the_layout['new_members'])):
         placed = (((host_vars.get(new) or {}).get('migrate_placed') or {}).get('placed') or {})

@@ -82,12 +82,19 @@ def gang_checkpoint(by_runtime, gang, migration_id, host, deadline, signalled_at
             done = ensure_checkpointed(by_runtime[member['runtime']], member['name'], check_mode, deadline=deadline,
                                        signalled_at=signalled_at)
         except WorkloadError as exc:
-            raise MigrationError('member %s of gang %s on %s: %s' % (member['name'], gang, host, exc))
-        changed = done['changed']
-        ckpt = done.get('checkpoint') or {}
-        row.update({'emergency_step': ckpt.get('step'), 'emergency_checkpoint': ckpt.get('checkpoint'),
-                    'signal': ckpt.get('signal')})
+            # No new part (a peer already gone leaves this rank blocked in a collective): the gang resumes from the
+            # newest step every member holds, older than asked for.
+            row['emergency_error'] = str(exc)
+        else:
+            changed = done['changed']
+            ckpt = done.get('checkpoint') or {}
+            row.update({'emergency_step': ckpt.get('step'), 'emergency_checkpoint': ckpt.get('checkpoint'),
+                        'signal': ckpt.get('signal')})
     held = held_steps(directory)
+    if not held and not check_mode:
+        raise MigrationError('member %s of gang %s on %s holds no complete checkpoint%s'
+                             % (member['name'], gang, host, ': ' + row['emergency_error']
+                                if row.get('emergency_error') else ''))
     row['steps'] = sorted(held, reverse=True)
     row['checkpointed_at'] = iso()
     return {'changed': changed, 'member': row,

@@ -7,18 +7,13 @@ equal to what was saved."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from spot_migration import fleet as fleet_mod
-from spot_migration import gang_trainer
-from tests.helpers.fleet import free_port, own_fleet, play_runner, wait_for, worker_base
+from tests.helpers.fleet import own_fleet, play_runner, worker_base
+from tests.helpers.gang import Gang
 
 
 @pytest.fixture(scope="module")
@@ -30,98 +25,6 @@ def gfleet(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gplay(gfleet, ansible_env, tmp_path_factory):
     return play_runner(gfleet, ansible_env, tmp_path_factory.mktemp("gang-plays"))
-
-
-class Gang:
-    """Deploy a gang, run migrate_gang, look at its members; removes every member it made, on every node."""
-
-    def __init__(self, fleet, play, env, tmp: Path, name: str):
-        self.fleet, self.play, self.env, self.tmp, self.name = fleet, play, env, tmp, name
-        self.records = tmp / "records"
-        self.reservations = tmp / "reservations.json"
-        self.size = 0
-
-    def playbook(self, name: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-        cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(self.fleet.inventory_path),
-               f"spot.migration.{name}", "-e", f"spot_record_dir={self.records}",
-               "-e", f"spot_reservation_file={self.reservations}", *extra]
-        result = subprocess.run(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                timeout=300, check=False)
-        if check:
-            assert result.returncode == 0, result.stdout[-8000:]
-        return result
-
-    def deploy(self, hosts: list[str]) -> None:
-        self.size = len(hosts)
-        ck = "{{ spot_checkpoint_root }}/" + self.name
-        workload = {
-            "name": self.name, "runtime": "process", "gpus": 1, "checkpoint_dir": ck,
-            "command": [sys.executable, gang_trainer.__file__],  # torch: the test venv
-            "args": ["--checkpoint-dir", ck, "--every", "40", "--keep", "3", "--step-time", "0.02",
-                     "--dump-resumed", "{{ spot_checkpoint_root }}/resumed-" + self.name],
-            "workload_root": "{{ spot_workload_root }}",
-            "gang": {"hosts": hosts, "master_port": free_port()}}
-        self.playbook("deploy", "-e", json.dumps({"workload": workload}))
-        for rank, host in enumerate(hosts):
-            wait_for(lambda h=host, r=rank: (self.progress(h, r).get("step") or 0) > 0, 60, f"rank {rank} training")
-
-    def migrate(self, *sources: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.playbook("migrate_gang", "-e", f"gang={self.name}", "-e", json.dumps({"source": list(sources)}),
-                             check=check)
-
-    def progress(self, host: str, rank: int) -> dict:
-        path = Path(self.fleet.node(host).paths["checkpoints"]) / self.name / f"progress-rank{rank}.json"
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def running(self) -> dict[str, str]:
-        """{member name: host} of every member process alive on the fleet (any node, any member)."""
-        found = {}
-        for node in self.fleet.nodes:
-            for pidfile in Path(node.paths["workloads"]).glob(f"{self.name}.*/workload.pid"):
-                info = json.loads(pidfile.read_text())
-                if fleet_mod._alive(info["pid"], info.get("start_ticks")):
-                    assert pidfile.parent.name not in found, f"{pidfile.parent.name} runs twice"
-                    found[pidfile.parent.name] = node.name
-        return found
-
-    def record(self) -> dict:
-        return json.loads(sorted(self.records.glob("*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text())
-
-    def check_resumed(self, record: dict, hosts: list[str]) -> None:
-        """Every member runs where the record says, resumed from the gang's step with the new rendezvous, its state
-        equal to its part of the checkpoint (its own rank's tensors included)."""
-        step = record["step"]
-        assert self.running() == {f"{self.name}.{r}": h for r, h in enumerate(hosts)}
-        master = self.fleet.node(hosts[0]).address
-        for rank, host in enumerate(hosts):
-            now = wait_for(lambda h=host, r=rank: (lambda p: p if (p.get("resumed_from") == step
-                                                                   and p.get("step", 0) > step) else None)(
-                self.progress(h, r)), 60, f"rank {rank} past step {step} on {host}")
-            assert now["world_size"] == self.size and now["master"] == master
-            assert now["generation"] == str(record["generation"])
-            part = Path(self.fleet.node(host).paths["checkpoints"]) / self.name / f"step-{step:08d}"
-            flat = self.tmp / f"part-{host}-{step}.pt"
-            dcp_to_torch_save(str(part), str(flat))
-            saved = torch.load(flat, weights_only=False)
-            dumped = Path(self.fleet.node(host).paths["checkpoints"]) / f"resumed-{self.name}" / f"resumed-rank{rank}.pt"
-            loaded = torch.load(dumped, weights_only=False)
-            assert int(saved["step"].item()) == step == int(loaded["step"].item())
-            for key in ("weight", "bias"):
-                assert torch.equal(saved["model"][key], loaded["model"][key]), key
-            assert torch.equal(saved[f"rank{rank}"]["position"], loaded[f"rank{rank}"]["position"])
-            assert [k for k in saved if k.startswith("rank")] == [f"rank{rank}"], "a member holds only its own ranks"
-
-    def cleanup(self):
-        for rank in range(max(self.size, 3)):
-            absent = {"name": f"{self.name}.{rank}", "runtime": "process", "state": "absent",
-                      "workload_root": "{{ spot_workload_root }}", "stop_timeout": 5}
-            self.play({"hosts": "all", "gather_facts": False, "tasks": [{"spot.migration.workload": absent}]},
-                      check=False)
-        for node in self.fleet.nodes:
-            fleet_mod.inject(self.fleet.dir, node.name, "clear")
 
 
 @pytest.fixture

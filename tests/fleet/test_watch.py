@@ -23,6 +23,7 @@ from spot_migration.watch import actions as actions_mod
 from spot_migration.watch.ledger import Ledger
 
 from tests.helpers.fleet import Migrations, free_port, play_runner, wait_for, worker_base
+from tests.helpers.gang import Gang
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).parent / "spot-migration")
@@ -473,3 +474,52 @@ def test_two_evictions_at_once_share_the_reservations(wfleet, watcher, wmig):
         gpus.append((target, tuple(spec["gpus"])))
     assert len(set(gpus)) == 2, gpus  # never the same GPUs twice
     assert len(watcher.received) == 2
+
+
+@pytest.fixture
+def wgang(wfleet, ansible_env, tmp_path):
+    gang = Gang(wfleet, play_runner(wfleet, ansible_env, tmp_path), ansible_env, tmp_path, "wddp")
+    try:
+        yield gang
+    finally:
+        gang.cleanup()
+
+
+def _gang_record(watcher, migration: dict) -> dict:
+    return json.loads((watcher.state_dir / "records" / f"{migration['id']}.wddp.json").read_text())
+
+
+def test_a_notice_on_a_gang_member_moves_the_member_and_restarts_the_gang(wfleet, watcher, wgang):
+    wgang.deploy(["node1", "node2"])
+    watcher.start()
+    fleet_mod.inject(wfleet.dir, "node2", "spot_interruption", in_seconds=120)
+    migration = watcher.finished()
+    assert migration["state"] == "running", (migration, watcher.log.read_text()[-4000:])
+    record = _gang_record(watcher, migration)
+    assert [(m["source"], m["target"]) for m in record["migrations"]] == [("node1", "node1"), ("node2", "standby1")]
+    wgang.check_resumed(record, ["node1", "standby1"])
+    assert "gang wddp runs again on node1, standby1" in watcher.log.read_text()
+
+
+@pytest.mark.parametrize("state", ["target_reserved", "transferring", "resuming"])
+def test_watcher_killed_mid_gang_migration_finishes_once(wfleet, watcher, wgang, state):
+    # The evicted member on the AWS node: a GCP node's preemption notice has no id of its own, and the one above was
+    # already told (the agent pushes a notice once).
+    wgang.deploy(["node2", "node1"])
+    watcher.start(crash_at=state)
+    fleet_mod.inject(wfleet.dir, "node1", "spot_interruption", in_seconds=120)
+    watcher.proc.wait(120)
+    assert watcher.proc.returncode == -signal.SIGKILL, watcher.log.read_text()[-3000:]
+    assert [m["state"] for m in watcher.migrations()] == [state]
+    watcher.start()
+    migration = watcher.finished()
+    assert migration["state"] == "running", (migration, watcher.log.read_text()[-4000:])
+    assert migration["attempts"] >= 2 and len(watcher.migrations()) == 1
+    record = _gang_record(watcher, migration)
+    assert [m["target"] for m in record["migrations"]] == ["node2", "standby1"]
+    # Exactly one gang: every member once, where the record says, resumed from one step with the new rendezvous.
+    if record.get("already"):
+        record = dict(record, step=wgang.progress("node2", 0)["resumed_from"])
+    wgang.check_resumed(record, ["node2", "standby1"])
+    wait_for(lambda: watcher.received, 10, "the alert")
+    assert len(watcher.received) == 1, watcher.received

@@ -190,6 +190,7 @@ class MigrationEvents:
         self.failures: list[str] = []
         self.by_id: dict[str, list[str]] = {}
         self.unattributed: list[str] = []
+        self.gangs: dict[str, list[str]] = {}  # gang -> the sources where migrate found (and left) one of its members
 
     def _advance(self, migration_id: str | None, state: str, **fields: Any) -> None:
         target = self.routes.get(migration_id or "") if self.routes else self.default
@@ -202,6 +203,10 @@ class MigrationEvents:
         res = data.get("res") or {}
         if kind in ("runner_on_ok", "runner_on_failed") and isinstance(res, dict):
             self._result(res)
+            for gang in sorted(set((res.get("gang_members") or {}).values())) if isinstance(
+                    res.get("gang_members"), dict) else []:
+                if str(data.get("host")) not in self.gangs.setdefault(gang, []):
+                    self.gangs[gang].append(str(data.get("host")))
         if kind in ("runner_on_failed", "runner_item_on_failed", "runner_on_unreachable"):
             if not data.get("ignore_errors"):
                 message = f"{data.get('host')}: {res.get('msg') or res.get('stderr') or res}"[:600]

@@ -207,14 +207,21 @@ class MigrationRunner:
                     out.setdefault(gang, []).append(source)
         return out
 
-    def _run_gangs(self, rows: dict[str, dict], fences: dict[str, int], fence_files: dict[str, Path]) -> dict[str, str]:
+    def _run_gangs(self, rows: dict[str, dict], fences: dict[str, int], fence_files: dict[str, Path],
+                   gangs: dict[str, list[str]] | None = None) -> dict[str, str]:
         """The gangs with a member on these migrations' sources: one ``migrate_gang`` run per gang (its members
         evicted in this wave in one run, under the fence of the first one's migration), before the sources' other
-        workloads move (``migrate`` leaves a gang's members to it). Returns ``{migration id: error}`` for the
+        workloads move (``migrate`` leaves a gang's members to it). ``gangs``: ``{gang: sources}`` found by a
+        migrate run (members the ledger did not know of), else the ledger's. Returns ``{migration id: error}`` for the
         migrations whose gang could not be moved."""
         by_source = {m["source"]: mid for mid, m in rows.items()}
         errors: dict[str, str] = {}
-        for gang, sources in sorted(self._gangs_of(sorted(by_source)).items()):
+        if gangs is None:
+            gangs = self._gangs_of(sorted(by_source))
+        for gang, sources in sorted(gangs.items()):
+            sources = [s for s in sources if s in by_source]
+            if not sources:
+                continue
             first = by_source[sources[0]]
             ident = f"{first}.{gang}"
             extravars: dict[str, Any] = dict(self.config.migrate.extra_vars)
@@ -225,12 +232,23 @@ class MigrationRunner:
             signalled_at = self.ledger.signalled_at(rows[first]["notice_id"])
             if signalled_at:
                 extravars["signalled_at"] = signalled_at
+            path = self.record_dir / f"{ident}.json"
+            record = json.loads(path.read_text()) if path.exists() else {}
+            if record.get("migrations") and not record.get("problems"):
+                # An earlier run of this migration moved the gang; its watcher died before it was told.
+                self.log(f"migration {first}: gang {gang} was moved by an earlier run ({path})")
+                continue
             self.log(f"migration {first}: gang {gang} has members on {', '.join(sources)}: one migrate_gang run")
+            # The run's results name the gang's migration (``ident``): they advance the first source's ledger entry.
+            events = actions_mod.MigrationEvents(
+                routes={ident: lambda state, mid=first, **kw: self._advance(mid, fences[mid], state, **kw)})
             rc, _private = self.actions.run(f"{first}-{fences[first]}-gang-{gang}", "spot.migration.migrate_gang",
-                                            extravars, marker=first, timeout=self.config.migrate.timeout,
+                                            extravars, on_event=events, marker=first,
+                                            timeout=self.config.migrate.timeout,
                                             cancel=lambda mid=first: mid in self.fenced_out,
                                             forks=max(int(self.config.migrate.forks), 8))
-            path = self.record_dir / f"{ident}.json"
+            if first in self.fenced_out:
+                raise Fenced(f"migration {first}: fence {fences[first]} superseded during the gang's run")
             record = json.loads(path.read_text()) if path.exists() else {}
             for row in record.get("migrations") or []:
                 if row.get("moved") and row.get("outcome") == "resumed" and self.ledger.workload_moved(
@@ -281,6 +299,9 @@ class MigrationRunner:
                                        marker=",".join(rows), timeout=self.config.migrate.timeout,
                                        cancel=lambda: any(mid in self.fenced_out for mid in rows),
                                        forks=max(int(self.config.migrate.forks), 2 * len(claimed)))
+        found = {g: s for g, s in events.gangs.items() if g not in self._gangs_of(sorted(sources))}
+        if found:  # members the ledger did not know of: their gangs move now
+            gang_errors.update(self._run_gangs(rows, fences, fence_files, found))
         for mid, fence in claimed:
             if mid in self.fenced_out:
                 self.log(f"migration {mid}: given up, another watcher holds it (fence {fence} superseded during the run)")
@@ -345,6 +366,9 @@ class MigrationRunner:
         if made and made.get("choices"):
             extravars["choices"] = made["choices"]
         resumed = m["attempts"] > 1
+        # A gang's members are its migrate_gang run's (below), never moved alone by migrate.
+        members = {w["name"] for w in self.ledger.workloads() if (w.get("spec") or {}).get("gang")}
+        m = dict(m, workloads=[w for w in m["workloads"] if w not in members])
         if resumed and ORDER[m["state"]] >= ORDER["target_reserved"] and m["workloads"]:
             # Resume from the last completed step: what already runs on its target is left alone.
             hosts = [m["source"], *sorted(set(m["targets"].values()))]
@@ -379,6 +403,10 @@ class MigrationRunner:
                                        forks=self.config.migrate.forks)
         if migration_id in self.fenced_out:
             raise Fenced(f"fence {fence} superseded during the run")
+        found = {g: s for g, s in events.gangs.items() if g not in self._gangs_of([m["source"]])}
+        if found:  # members the ledger did not know of: their gangs move now
+            gang_errors.update(self._run_gangs({migration_id: m}, {migration_id: fence}, {migration_id: fence_file},
+                                               found))
         if rc == 0 and not gang_errors:
             self._finish(migration_id, fence, "running", private=private)
         else:
