@@ -4,6 +4,7 @@ deploy it, run migrate_gang, look at its members and prove each resumed from its
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,6 @@ class Gang:
                       check=False)
         for node in self.fleet.nodes:
             fleet_mod.inject(self.fleet.dir, node.name, "clear")
+            # A later gang of the same name must not find these steps (a trainer keeps the highest-numbered ones).
+            for path in (Path(node.paths["checkpoints"]) / self.name, Path(node.paths["checkpoints"]) / f"resumed-{self.name}"):
+                shutil.rmtree(path, ignore_errors=True)

@@ -239,9 +239,11 @@ class MigrationRunner:
                 self.log(f"migration {first}: gang {gang} was moved by an earlier run ({path})")
                 continue
             self.log(f"migration {first}: gang {gang} has members on {', '.join(sources)}: one migrate_gang run")
-            # The run's results name the gang's migration (``ident``): they advance the first source's ledger entry.
-            events = actions_mod.MigrationEvents(
-                routes={ident: lambda state, mid=first, **kw: self._advance(mid, fences[mid], state, **kw)})
+            # The run's results name the gang's migration (``ident``): they advance the first source's ledger entry,
+            # its states only - the members are the gang's to move (a resumed run runs migrate_gang again), never
+            # workloads a resumed migrate would move alone.
+            events = actions_mod.MigrationEvents(routes={ident: lambda state, mid=first, **kw: self._advance(
+                mid, fences[mid], state, detail=f"gang {gang}: {kw.get('detail') or state}")})
             rc, _private = self.actions.run(f"{first}-{fences[first]}-gang-{gang}", "spot.migration.migrate_gang",
                                             extravars, on_event=events, marker=first,
                                             timeout=self.config.migrate.timeout,
@@ -261,7 +263,8 @@ class MigrationRunner:
                     errors[by_source[source]] = f"gang {gang}: {why}"[:2000]
             else:
                 self.log(f"migration {first}: gang {gang} runs again on {', '.join(record.get('members') or [])} "
-                         f"from step {record.get('step')}")
+                         + (f"from step {record.get('step')}" if not record.get("already") else
+                            "(an earlier run had restarted it)"))
         return errors
 
     def _run_wave(self, claimed: Claimed) -> None:
@@ -366,9 +369,6 @@ class MigrationRunner:
         if made and made.get("choices"):
             extravars["choices"] = made["choices"]
         resumed = m["attempts"] > 1
-        # A gang's members are its migrate_gang run's (below), never moved alone by migrate.
-        members = {w["name"] for w in self.ledger.workloads() if (w.get("spec") or {}).get("gang")}
-        m = dict(m, workloads=[w for w in m["workloads"] if w not in members])
         if resumed and ORDER[m["state"]] >= ORDER["target_reserved"] and m["workloads"]:
             # Resume from the last completed step: what already runs on its target is left alone.
             hosts = [m["source"], *sorted(set(m["targets"].values()))]
