@@ -37,9 +37,10 @@ PARTS = {
     "plan": ("plan_bench.py", ["--size-mb", "1024"], ["--size-mb", "4", "--grace", "10", "--cases", "fits easily"]),
     "objstore": ("objstore_bench.py", ["--size-mb", "1024", "--repeat", "3"],
                  ["--size-mb", "4", "--repeat", "1", "--services", "s3"]),
+    "gang": ("gang_bench.py", ["--members", "2,3", "--repeat", "3"], ["--members", "2", "--repeat", "1"]),
 }
 OUTPUTS = {"checkpoint": "checkpoint_bench.json", "migration": "migration.json", "watch": "watch.json",
-           "prevention": "prevention.json", "plan": "plan.json", "objstore": "objstore.json"}
+           "prevention": "prevention.json", "plan": "plan.json", "objstore": "objstore.json", "gang": "gang.json"}
 
 
 def machine() -> str:
@@ -70,6 +71,8 @@ def run_part(name: str, args: list[str], out: Path, net: int) -> float:
         argv += ["--net", str(net + 3)]
     elif name == "plan":
         argv += ["--net", str(net + 6)]
+    elif name == "gang":
+        argv += ["--net", str(net + 12)]
     print(f"== {name}: {' '.join(argv[1:])}", flush=True)
     start = time.monotonic()
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
@@ -190,6 +193,14 @@ def figures(parts: dict, mach: str, date: str, smoke: bool) -> dict:
             f"the same back: our restore (download and sha256 of every file against the manifest) divided by a bare "
             "rclone copy", {"ours s": s3["seconds"]["restore ours"],
                             "rclone copy s": s3["seconds"]["restore rclone copy"]}, "objstore")
+    gang = (parts.get("gang") or {}).get("members") or {}
+    for members, rows in sorted(gang.items()):
+        put(f"p{13 + int(members)}_gang_{members}_notice_to_running_s", rows["median_s"]["ours"], "s",
+            f"a job over {members} nodes (torch.distributed, gloo, CPU), one member evicted: notice -> every rank "
+            f"training again past the step it resumed from (median of {len(rows['ours'])})",
+            {"whole gang stopped and relaunched on fresh nodes from its newest checkpoint s": rows["median_s"]["relaunch"],
+             "steps lost ours (max)": max(r["steps_lost"] or 0 for r in rows["ours"]),
+             "steps lost relaunch (max)": max(r["steps_lost"] for r in rows["relaunch"])}, "gang")
     ck = parts.get("checkpoint")
     if ck:
         h = ck["manifest_hashing"]
@@ -321,6 +332,23 @@ def markdown(figs: dict, parts: dict, mach: str, date: str, smoke: bool, duratio
         lines.append("\nServers on loopback started by the bench (moto's S3 server mode, gcp-storage-emulator); the GCS "
                      "emulator takes objects of 16 MiB at most from rclone 1.60 (a resumable upload's 308), hence its "
                      "smaller size.")
+    gang = parts.get("gang")
+    if gang and gang.get("members"):
+        lines += ["", f"## Jobs over several nodes: one member evicted (checkpoint every {gang['every_steps']} steps)",
+                  "", "| members | ours: notice -> running | run incl. confirmation | relaunch on fresh nodes | "
+                  "relaunch / ours | steps lost ours | steps lost relaunch |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for members, rows in sorted(gang["members"].items()):
+            confirm = sorted(r.get("run_with_confirmation_s") or 0 for r in rows["ours"])[len(rows["ours"]) // 2]
+            lines.append(f"| {members} | {fmt(rows['median_s']['ours'])} s | {fmt(confirm)} s | "
+                         f"{fmt(rows['median_s']['relaunch'])} s | {fmt(rows['speedup'])}x | "
+                         f"{max(r['steps_lost'] or 0 for r in rows['ours'])} | "
+                         f"{max(r['steps_lost'] for r in rows['relaunch'])} |")
+        lines.append("\nThe relaunch here is generous to it: its fresh nodes are already up (no provisioning), it finds "
+                     "the newest step by reading the nodes' disks directly and copies every member's part with a bare "
+                     "rsync. Both sides pay the job's own start-up (torch import, rendezvous, DCP load: about 2.5 s "
+                     "here). Ours loses the steps trained between the gang's save and the stop (the members train on "
+                     "while the replacement is reserved); the relaunch loses everything since the last periodic "
+                     "checkpoint.")
     ck = parts.get("checkpoint")
     if ck:
         h = ck["manifest_hashing"]
