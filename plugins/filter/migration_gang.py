@@ -19,6 +19,7 @@ description:
   C(groups)).
 - V(members) - the gang's members by rank.
 - V(hosts) - the members and the candidates for a replacement (the first play's hosts).
+- V(replicas) - what one host (O(extra)) lists as the replica node of lost members.
 - V(requests) - a reservation request per evicted member.
 - V(candidates) - the described candidates for a replacement.
 - V(layout) - the step every member holds, a replacement per evicted member, the new rendezvous (O(extra) is the
@@ -35,13 +36,13 @@ options:
     description: Which step.
     type: str
     required: true
-    choices: [plan, members, hosts, requests, candidates, layout, placements, record]
+    choices: [plan, members, hosts, replicas, requests, candidates, layout, placements, record]
   hostvars:
     description: Ansible's C(hostvars) (C(groups) for V(plan)).
     type: dict
     required: true
   extra:
-    description: The reservations (V(layout)), the host (V(placements)), check mode (V(record)).
+    description: The reservations (V(layout)), the host (V(placements), V(replicas)), check mode (V(record)).
     type: raw
   plan:
     description: The run's plan (V(placements), V(record)).
@@ -66,7 +67,8 @@ from ansible_collections.spot.migration.plugins.module_utils import _gang_plan
 from ansible_collections.spot.migration.plugins.plugin_utils._filters import guard, host_vars, plain
 
 NAMES = ('ansible_host', 'ansible_port', 'spot_checkpoint_root', 'spot_ssh_config', 'spot_gang_address',
-         'gang_described', 'gang_checkpoint', 'gang_release', 'migrate_described', 'migrate_placed', 'migrate_progress')
+         'gang_described', 'gang_checkpoint', 'gang_release', 'gang_replica', 'migrate_described', 'migrate_placed',
+         'migrate_progress')
 
 
 @guard
@@ -80,7 +82,10 @@ def migration_gang(value, what, hostvars, extra=None, plan=None):
         if what == 'placements':
             return _gang_plan.placements(value, plan, hv, extra)
         return _gang_plan.record(plan, value, hv, bool(extra))
-    hv = host_vars(hostvars, value['sources'] + (value.get('members') or []) + value['pool'], NAMES)
+    if what == 'replicas':
+        return _gang_plan.replica_lists(value, extra)
+    holders = [r['host'] for r in (value.get('lost_replicas') or {}).values()]
+    hv = host_vars(hostvars, value['sources'] + (value.get('members') or []) + value['pool'] + holders, NAMES)
     found = _gang_plan.members(value, hv)
     hv.update(host_vars(hostvars, [h for h in found if h not in hv], NAMES))
     if what == 'members':

@@ -45,9 +45,21 @@ def plan(variables, groups, now=None):
     members = v.get('gang_members') or None
     if members is not None:
         members = _hosts(members, 'gang_members')
+    lost = bool(v.get('lost'))
+    replicas = v.get('lost_replicas') or {}
+    if lost:
+        # Lost without a notice: the sources cannot be asked; each one's part comes from its replica node.
+        if not members:
+            raise MigrationError('a lost member of gang %s cannot be asked who its peers are: give gang_members' % gang)
+        missing = [s for s in sources if not isinstance(replicas.get(s), dict) or not all(
+            (replicas[s] or {}).get(k) for k in ('name', 'host', 'root', 'spec'))]
+        if missing:
+            raise MigrationError('lost_replicas needs name, host, root and spec (the member\'s) for %s, not %r'
+                                 % (', '.join(missing), dict((m, replicas.get(m)) for m in missing)))
     now = time.time() if now is None else now
     mid = check_id(v.get('migration_id') or 'gang-%s-%s' % (gang, time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))))
-    return {'gang': gang, 'id': mid, 'sources': sources, 'members': members,
+    return {'gang': gang, 'id': mid, 'sources': sources, 'members': members, 'lost': lost,
+            'lost_replicas': dict((k, replicas[k]) for k in sources) if lost else {},
             'fence': str(v['migration_fence']) if v.get('migration_fence') is not None else None,
             'fence_file': v.get('fence_file') or None,
             'signalled_at': v.get('signalled_at'), 'deadline': float(v.get('deadline') or 30.0),
@@ -76,12 +88,30 @@ def members(the_plan, host_vars):
 def checkpoint_hosts(the_plan, host_vars):
     """The first play's hosts: every member (it saves) and every candidate for a replacement (described meanwhile)."""
     found = members(the_plan, host_vars)
-    return found + [h for h in the_plan['pool'] if h not in found]
+    asked = [h for h in found if not (the_plan.get('lost') and h in the_plan['sources'])]
+    holders = [r['host'] for r in (the_plan.get('lost_replicas') or {}).values()]
+    return asked + [h for h in the_plan['pool'] + holders if h not in found and h not in asked]
+
+
+def replica_lists(the_plan, host):
+    """What ``host`` lists as a replica node of lost members: ``[{name, root}]``."""
+    return [{'name': r['name'], 'root': r['root']} for r in (the_plan.get('lost_replicas') or {}).values()
+            if r['host'] == host]
 
 
 def _parts(the_plan, host_vars, found):
     parts, errors, rows = {}, [], {}
     for host in found:
+        if the_plan.get('lost') and host in the_plan['sources']:
+            lost = the_plan['lost_replicas'][host]
+            listed = ((host_vars.get(lost['host']) or {}).get('gang_replica') or {})
+            held = (listed.get('replicas') or {}).get(lost['name'])
+            if listed.get('failed') or listed.get('unreachable') or held is None:
+                errors.append('%s (lost): its replica on %s: %s' % (host, lost['host'], listed.get('msg') or 'no answer'))
+                continue
+            parts[host] = held.get('steps') or []
+            rows[host] = {'name': lost['name'], 'steps': parts[host], 'spec': lost['spec'], 'replica': lost}
+            continue
         result = (host_vars.get(host) or {}).get('gang_checkpoint') or {}
         member = result.get('member')
         if result.get('failed') or result.get('unreachable') or not member:
@@ -102,9 +132,12 @@ def requests(the_plan, host_vars):
     out = []
     for host in the_plan['sources']:
         row = rows[host]
-        out.append({'owner': '%s/%s' % (the_plan['id'], row['name']), 'name': row['name'], 'source': host,
-                    'gpus': len((row.get('spec') or {}).get('gpus') or []),
-                    'exclude': sorted(set(found) | set(the_plan['sources'])), 'apart': 'gang/' + the_plan['gang']})
+        request = {'owner': '%s/%s' % (the_plan['id'], row['name']), 'name': row['name'], 'source': host,
+                   'gpus': len((row.get('spec') or {}).get('gpus') or []),
+                   'exclude': sorted(set(found) | set(the_plan['sources'])), 'apart': 'gang/' + the_plan['gang']}
+        if row.get('replica'):  # its replica node takes it: the part is already there
+            request.update({'target': row['replica']['host'], 'adopt': 'replica/%s' % row['name']})
+        out.append(request)
     return out
 
 
@@ -143,6 +176,7 @@ def layout(the_plan, host_vars, reservations):
         raise MigrationError('gang %s: no replacement for %s; nothing was stopped, the gang runs on'
                              % (the_plan['gang'], '; '.join(errors)))
     gang = dict(check_gang(rows[found[0]]['spec']['gang']), members=found)
+    gang['generation'] = max(check_gang(r['spec']['gang'])['generation'] for r in rows.values())
     addresses = dict((h, str((host_vars.get(h) or {}).get('spot_gang_address') or (host_vars.get(h) or {}).get(
         'ansible_host') or h)) for h in found + [r['target'] for r in replacements.values()])
     try:
@@ -151,12 +185,17 @@ def layout(the_plan, host_vars, reservations):
         raise MigrationError(str(exc))
     targets = {}
     for source, r in replacements.items():
+        if rows[source].get('replica'):
+            targets[source] = {'name': r['target'], 'gpus': list(r.get('gpus') or []), 'owner': r.get('owner'),
+                               'replica': rows[source]['replica']}
+            continue
         point = endpoint(r['target'], host_vars.get(r['target']),
                          (host_vars.get(source) or {}).get('spot_ssh_config'))
         point.update({'gpus': list(r.get('gpus') or []), 'owner': r.get('owner')})
         targets[source] = point
     return {'id': the_plan['id'], 'gang': new, 'step': step, 'old_members': found, 'new_members': new['members'],
-            'sources': list(the_plan['sources']), 'targets': targets,
+            'sources': list(the_plan['sources']), 'targets': targets, 'lost': bool(the_plan.get('lost')),
+            'released': [h for h in found if not (the_plan.get('lost') and h in the_plan['sources'])],
             'replacements': dict((s, r['target']) for s, r in replacements.items()),
             'names': dict((h, rows[h]['name']) for h in found)}
 
@@ -186,13 +225,24 @@ def placements(the_layout, the_plan, host_vars, here):
     old = the_layout['old_members'][rank]
     release = (host_vars.get(old) or {}).get('gang_release') or {}
     sealed = release.get('sealed')
-    failed = [h for h in the_layout['old_members']
+    released = the_layout.get('released', the_layout['old_members'])
+    failed = [h for h in released
               if ((host_vars.get(h) or {}).get('gang_release') or {}).get('failed')
               or not ((host_vars.get(h) or {}).get('gang_release') or {}).get('sealed')]
     if failed:
         raise MigrationError('gang %s does not start again: %s' % (the_plan['gang'], '; '.join(
             '%s: %s' % (h, ((host_vars.get(h) or {}).get('gang_release') or {}).get('msg') or 'no answer')
             for h in failed)))
+    lost = (the_layout['targets'].get(old) or {}).get('replica')
+    if lost:
+        # A lost member: its replica node resumes it from the replica of the gang's step (verified, hard-linked).
+        spec = dict(lost['spec'])
+        spec['gang'] = dict(the_layout['gang'], rank=rank)
+        return [{'name': member_name(the_plan['gang'], rank), 'migration_id': the_layout['id'], 'source': old,
+                 'target': here, 'checkpoint': '', 'step': the_layout['step'], 'replica_step': the_layout['step'],
+                 'replica_root': lost['root'], 'spec': spec, 'gpus': list(the_layout['targets'][old]['gpus']),
+                 'owner': the_layout['targets'][old].get('owner'), 'transfer': 'replica',
+                 'source_root': str((host_vars.get(old) or {}).get('spot_checkpoint_root') or '')}]
     spec = dict(sealed['spec'])
     spec['gang'] = dict(the_layout['gang'], rank=rank)
     moved = old != here
@@ -228,7 +278,8 @@ def record(the_plan, the_layout, host_vars, check_mode, finished_at=None):
         name = member_name(the_plan['gang'], rank)
         mine, went = placed.get(name) or {}, progress.get(name) or {}
         error = None
-        for result in ((host_vars.get(old) or {}).get('gang_release'), (host_vars.get(new) or {}).get('migrate_placed'),
+        for result in ((host_vars.get(old) or {}).get('gang_release') if old in the_layout.get(
+                'released', the_layout['old_members']) else None, (host_vars.get(new) or {}).get('migrate_placed'),
                        (host_vars.get(new) or {}).get('migrate_progress')):
             if isinstance(result, dict) and (result.get('failed') or result.get('unreachable')):
                 error = error or result.get('msg') or 'unreachable'

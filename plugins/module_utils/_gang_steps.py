@@ -22,7 +22,7 @@ import os
 from ._checkpoint import complete_checkpoints, seal
 from ._common import stdlib_node
 from ._gang import check_gang
-from ._migration import MigrationError, check_id, drivers, iso, list_workloads, push_one
+from ._migration import MigrationError, check_id, check_root, drivers, iso, list_workloads, push_one
 from ._transfer import PREFERRED_CIPHERS, create_transfer
 from ._workload import WorkloadError, ensure_checkpointed, ensure_stopped
 
@@ -30,12 +30,14 @@ __metaclass__ = type
 
 GANG_SPEC = dict(
     argument_spec=dict(
-        step=dict(type='str', required=True, choices=['describe', 'checkpoint', 'release']),
+        step=dict(type='str', required=True, choices=['describe', 'checkpoint', 'release', 'replica']),
         gang=dict(type='str', required=True),
         migration_id=dict(type='str'),
         host=dict(type='str', required=True),
         deadline=dict(type='float', default=30.0),
         signalled_at=dict(type='float'),
+        ask=dict(type='bool', default=True),
+        replicas=dict(type='list', elements='dict', default=[]),
         checkpoint_step=dict(type='int'),
         target=dict(type='dict'),
         ssh_ciphers=dict(type='str', default=PREFERRED_CIPHERS),
@@ -67,8 +69,9 @@ def held_steps(directory):
     return dict((int(c['step']), c['checkpoint']) for c in complete_checkpoints(directory) if c.get('step') is not None)
 
 
-def gang_checkpoint(by_runtime, gang, migration_id, host, deadline, signalled_at, check_mode):
-    """Ask this member for a checkpoint and wait up to ``deadline`` s for a complete one newer than the request."""
+def gang_checkpoint(by_runtime, gang, migration_id, host, deadline, signalled_at, check_mode, ask=True):
+    """Ask this member for a checkpoint and wait up to ``deadline`` s for a complete one newer than the request
+    (``ask=False``: only say which steps it holds - a member whose peer was lost cannot save with it)."""
     migration_id = check_id(migration_id)
     member = find_member(by_runtime, gang, host)
     directory = member['spec'].get('checkpoint_dir')
@@ -77,7 +80,7 @@ def gang_checkpoint(by_runtime, gang, migration_id, host, deadline, signalled_at
     row = {'name': member['name'], 'rank': member['gang']['rank'], 'runtime': member['runtime'],
            'running': member['running'], 'spec': member['spec'], 'checkpoint_dir': directory}
     changed = False
-    if member['running']:
+    if member['running'] and ask:
         try:
             done = ensure_checkpointed(by_runtime[member['runtime']], member['name'], check_mode, deadline=deadline,
                                        signalled_at=signalled_at)
@@ -140,8 +143,23 @@ def gang_release(by_runtime, run, gang, migration_id, host, step, target, check_
                           'workloads': {member['name']: row}}}
 
 
+def gang_replicas(replicas):
+    """The steps the replicas of lost members hold on this node (their replica node): ``{name: {root, steps}}``."""
+    from ._replica import replicas as published
+    out = {}
+    for item in replicas:
+        name, root = item.get('name'), item.get('root')
+        if not name or not root:
+            raise MigrationError('a replica to list needs name and root, not %r' % (item,))
+        root = check_root(root, 'replica root of %s' % name)
+        out[name] = {'root': root, 'steps': sorted((r['step'] for r in published(root)), reverse=True)}
+    return {'changed': False, 'replicas': out}
+
+
 def gang_step(p, node):
     """One step of gang_member (``p['step']``) on this node."""
+    if p['step'] == 'replica':
+        return gang_replicas(p['replicas'])
     by_runtime = drivers(node.run, node.which, p['workload_root'], p['container_cli'], warn=node.warn)
     if p['step'] == 'describe':
         member = find_member(by_runtime, p['gang'], p['host'])
@@ -149,7 +167,7 @@ def gang_step(p, node):
                                              'runtime': member['runtime']}, 'gang': member['gang']}
     if p['step'] == 'checkpoint':
         return gang_checkpoint(by_runtime, p['gang'], p['migration_id'], p['host'], p['deadline'], p['signalled_at'],
-                               node.check_mode)
+                               node.check_mode, p['ask'])
     return gang_release(by_runtime, node.run, p['gang'], p['migration_id'], p['host'], p['checkpoint_step'],
                         p['target'], node.check_mode, p['ssh_ciphers'], p['bwlimit'])
 

@@ -583,7 +583,13 @@ def _from_replica(placement, final_dir, name, check_mode):
     (no bytes copied, the replica kept) into the workload's checkpoint directory."""
     from ._replica import _link_tree, info
     root = check_root(placement.get('replica_root'), 'replica_root of %s' % name)
-    latest = info(root)['latest']
+    published = info(root)
+    latest = published['latest']
+    if placement.get('replica_step') is not None:  # a gang resumes every member from one step
+        latest = next((r for r in published['replicas'] if r['step'] == int(placement['replica_step'])), None)
+        if latest is None:
+            raise MigrationError('no replica of %s of step %s in %s (it holds %s)' % (
+                name, placement['replica_step'], root, [r['step'] for r in published['replicas']] or 'none'))
     if latest is None:
         raise MigrationError('no published replica of %s in %s: nothing to resume from' % (name, root))
     replica = inside(root, latest['checkpoint'], 'replica of %s' % name)

@@ -25,6 +25,8 @@ description:
     are gone may hang in a collective), seals its part of O(checkpoint_step) (a sha256 manifest) and, with O(target)
     (an evicted member's replacement), pushes it with rsync into the target's staging directory, sealing while it
     sends. A member that holds no complete checkpoint of that step fails, naming the steps it holds.
+  - V(replica) lists the steps of the published replicas under each of O(replicas) on this node (the replica node of
+    a member lost without a notice, which takes its place). It changes nothing.
   - Every result has C(migration), the data the watcher follows (C(id), C(step), C(source), C(gang), C(workloads)).
 author:
   - spot.migration contributors (@spot-migration)
@@ -43,7 +45,7 @@ options:
     description: Which step to run.
     type: str
     required: true
-    choices: [describe, checkpoint, release]
+    choices: [describe, checkpoint, release, replica]
   gang:
     description: The gang's name.
     type: str
@@ -64,6 +66,17 @@ options:
       - V(checkpoint) - the member was already asked at this time (Unix seconds, by the eviction agent); a complete
         checkpoint newer than it is taken without asking again.
     type: float
+  ask:
+    description:
+      - V(checkpoint) - ask the member for a new checkpoint; V(false) only lists the steps it holds (a member whose
+        peer was lost cannot save with it).
+    type: bool
+    default: true
+  replicas:
+    description: V(replica) - the lost members' replicas this node holds, each C({name, root}) (the replica root).
+    type: list
+    elements: dict
+    default: []
   checkpoint_step:
     description: V(release) - the step the gang resumes from (every member holds it complete).
     type: int
@@ -128,6 +141,10 @@ sealed:
     - The member's part of the step (C(checkpoint), C(is_dir), C(bytes), C(step), C(spec)), how it was stopped, and for
       an evicted member where it was copied (C(target), C(staged), C(staging), C(transfer_seconds)).
   returned: step=release
+  type: dict
+replicas:
+  description: V(replica) - per lost member, C(root) and C(steps) (the published replicas' steps, newest first).
+  returned: step=replica
   type: dict
 migration:
   description: What the watcher follows - C(id), C(step), C(source), C(gang), C(workloads).

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from spot_migration import fleet as fleet_mod
-from tests.helpers.fleet import own_fleet, play_runner, worker_base
+from spot_migration.watch.app import Watcher
+from spot_migration.watch.config import load
+from tests.helpers.fleet import (ansible_environ, free_port, install_agents, own_fleet, play_runner, secret_file,
+                                 wait_for, worker_base)
 from tests.helpers.gang import Gang
 
 
@@ -92,3 +96,50 @@ def test_no_replacement_stops_nothing(gfleet, gang_factory):
     assert "no replacement for full.1" in result.stdout and "nothing was stopped" in result.stdout
     assert gang.running() == {"full.0": "node1", "full.1": "node2"}
     assert {r: gang.progress(h, r)["pid"] for r, h in enumerate(["node1", "node2"])} == before
+
+
+def test_a_member_lost_without_a_notice_the_gang_restarts_from_the_replicas(ansible_env, tmp_path_factory):
+    """Agents replicate every member's part; a member's node vanishes: once it is declared lost the gang restarts
+    from the newest step both the survivor and the lost member's replica hold, the replica node in its place; the
+    node that comes back has its copy fenced."""
+    workdir = tmp_path_factory.mktemp("gang-lost")
+    with own_fleet(workdir / "fleet", nodes=4, standby=1, base_address=worker_base(50)) as fleet:
+        play = play_runner(fleet, ansible_env, workdir)
+        secret = secret_file(workdir)
+        ansible_environ(ansible_env)
+        config = load(None, inventory=str(fleet.inventory_path), listen=f"127.0.0.1:{free_port()}",
+                      state_dir=str(workdir / "state"), secret_file=str(secret), heartbeat_timeout=4.0)
+        config.sweep.interval, config.sweep.timeout = 2.0, 3.0
+        config.replication.interval, config.replication.capacity_every = 1.0, 5
+        config.lost.grace = 8.0
+        log = open(workdir / "watch.log", "a")  # noqa: SIM115 - closed below
+        watcher = Watcher(config, log=lambda msg: (log.write(time.strftime("%H:%M:%S ") + msg + "\n"), log.flush()))
+        install_agents(play, watcher.server.url, secret)
+        watcher.start()
+        gang = Gang(fleet, play, ansible_env, workdir, "lddp")
+        try:
+            gang.deploy(["node1", "node2"])
+            rows = wait_for(lambda: (lambda r: r if len(r) == 2 and all(w["replica_step"] is not None for w in r)
+                                     else None)([w for w in watcher.ledger.workloads() if w["name"].startswith("lddp.")]),
+                            120, "both members replicated")
+            lost_row = next(w for w in rows if w["name"] == "lddp.1")
+            assert lost_row["replica"] not in ("node1", "node2"), "a member's replica is never on another member"
+            fleet_mod.kill_node(fleet.dir, "node2")
+            migration = wait_for(lambda: next((m for m in watcher.ledger.migrations() if m["source"] == "node2"
+                                               and m["state"] in ("running", "failed")), None), 150, "the recovery")
+            assert migration["state"] == "running", (migration, (workdir / "watch.log").read_text()[-4000:])
+            record = json.loads((Path(config.state_dir) / "records" / f"{migration['id']}.lddp.json").read_text())
+            hosts = [m["target"] for m in record["migrations"]]
+            assert hosts[0] == "node1" and hosts[1] not in ("node1", "node2")
+            gang.check_resumed(record, hosts)
+            assert [f["workload"] for f in watcher.ledger.fences("node2")] == ["lddp.1"]
+
+            # node2 comes back: its stale member is fenced before anything else, never trains again.
+            fleet_mod.restart_node(fleet.dir, "node2")
+            install_agents(play, watcher.server.url, secret, hosts="node2")
+            wait_for(lambda: all(f["applied_at"] for f in watcher.ledger.fences("node2")), 60, "the fence applied")
+            assert gang.running() == {"lddp.0": "node1", "lddp.1": hosts[1]}
+        finally:
+            gang.cleanup()
+            watcher.stop()
+            log.close()

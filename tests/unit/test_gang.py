@@ -177,3 +177,28 @@ def test_the_record_has_a_row_per_member_and_the_problems():
         ("ddp.0", "a", "a", "resumed"), ("ddp.1", "b", "c", "failed")]
     assert made["problems"] == ["ddp.1 (b -> c): manifest mismatch"] and made["generation"] == 1
     json.dumps(made)
+
+
+def test_a_lost_member_restarts_on_its_replica_node_from_a_step_everyone_holds():
+    spec_b = {"gang": dict(GANG, rank=1), "gpus": [1], "checkpoint_dir": "/root-b/ddp"}
+    lost = {"b": {"name": "ddp.1", "host": "d", "root": "/root-d/.spot-replicas/ddp.1", "spec": spec_b}}
+    with pytest.raises(MigrationError, match="give gang_members"):
+        _plan(lost=True, lost_replicas=lost)
+    with pytest.raises(MigrationError, match="lost_replicas needs name, host, root and spec"):
+        _plan(lost=True, gang_members=["a", "b"], lost_replicas={"b": {"name": "ddp.1"}})
+    p = _plan(lost=True, gang_members=["a", "b"], lost_replicas=lost)
+    hv = _checkpointed({"a": [120, 80, 40]})
+    hv["d"] = {"ansible_host": "10.0.0.4", "gang_replica": {"replicas": {"ddp.1": {"steps": [80, 40]}}}}
+    [asked] = requests(p, hv)
+    assert (asked["target"], asked["adopt"], asked["gpus"]) == ("d", "replica/ddp.1", 1)
+    out = layout(p, hv, [{"name": "ddp.1", "source": "b", "target": "d", "gpus": [0], "owner": "x/ddp.1"}])
+    assert out["step"] == 80 and out["new_members"] == ["a", "d"] and out["released"] == ["a"]
+    hv["a"]["gang_release"] = {"sealed": {"checkpoint": "/root-a/ddp/step-00000080", "is_dir": True, "step": 80,
+                                          "spec": hv["a"]["gang_checkpoint"]["member"]["spec"]}}
+    [placed] = placements(out, p, hv, "d")
+    assert placed["transfer"] == "replica" and placed["replica_step"] == 80 and placed["gpus"] == [0]
+    assert placed["replica_root"] == lost["b"]["root"] and placed["spec"]["gang"]["rank"] == 1
+    assert placed["spec"]["gang"]["master_addr"] == "10.0.0.1"
+    hv["d"]["gang_replica"] = {"replicas": {"ddp.1": {"steps": [160]}}}
+    with pytest.raises(MigrationError, match="no step is complete on every member"):
+        layout(p, hv, [{"name": "ddp.1", "source": "b", "target": "d", "gpus": [0]}])

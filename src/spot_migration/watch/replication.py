@@ -205,12 +205,20 @@ class Replicator:
         at_risk = self._at_risk()
         plan = []
         spot = set(self.groups.get(self.watch_config.sweep.group, []))
-        for row in self.ledger.workloads():
+        rows = self.ledger.workloads()
+        # A gang member's replica node replaces it when it is lost: never a node of another member of its gang.
+        gang_nodes: dict[str, set[str]] = {}
+        for row in rows:
+            gang = ((row.get("spec") or {}).get("gang") or {}).get("name")
+            if gang:
+                gang_nodes.setdefault(gang, set()).add(row["node"])
+        for row in rows:
             if row["node"] in lost | evicting or row["node"] not in spot:
                 continue  # on-demand nodes are not taken away: their workloads need no replica
             owner = OWNER.format(row["name"])
             replica = row["replica"]
-            if replica and (replica in lost | evicting or replica == row["node"]
+            peers = gang_nodes.get(((row.get("spec") or {}).get("gang") or {}).get("name") or "", set())
+            if replica and (replica in lost | evicting or replica == row["node"] or replica in peers
                             or self.placement.renew(self.reservations, owner, self.config.reservation_ttl) is None):
                 self.placement.release(self.reservations, owner)
                 self.ledger.set_replica(row["name"], None)
@@ -220,7 +228,7 @@ class Replicator:
                 candidates = [c for h, c in self.capacity.items() if h != row["node"] and h not in at_risk]
                 try:
                     got = self.placement.reserve(self.reservations, owner, candidates, gpus=row["gpus"],
-                                                 exclude=[row["node"], *lost, *evicting, *at_risk],
+                                                 exclude=[row["node"], *lost, *evicting, *at_risk, *peers],
                                                  ttl=self.config.reservation_ttl)
                 except self.placement.PlacementError as exc:
                     self.log(logs.warning(f"no replica node for {row['name']}: {exc}"))

@@ -464,16 +464,14 @@ class MigrationRunner:
         """The migration of a lost node: fence every copy there, resume each workload on its replica node."""
         node = m["source"]
         plan, skipped = [], []
+        gangs: dict[str, dict] = {}
         stored = self.ledger.store_replicas() if self.config.replication.store else {}
         for w in self.ledger.workloads(node=node):
             self.ledger.fence(node, w["name"], migration_id)
             in_store = (stored.get(w["name"]) or {}).get("step") is not None
             if (w["spec"] or {}).get("gang"):
-                # Resumed alone on its replica node, a member would wait for a rendezvous that never comes.
-                self.log(logs.warning(f"migration {migration_id}: {w['name']} is a member of gang "
-                                      f"{w['spec']['gang']['name']}: not resumed alone (a lost gang member is not "
-                                      "recovered yet)"))
-                skipped.append(w["name"])
+                # Never resumed alone (it would wait for a rendezvous that never comes): its gang restarts below.
+                gangs[w["spec"]["gang"]["name"]] = w
             elif w["replica"] and w["replica_root"] and (w["replica_step"] is not None or in_store):
                 item = {"name": w["name"], "spec": w["spec"], "replica": w["replica"], "replica_root": w["replica_root"],
                         "gpus": w["replica_gpus"] or []}
@@ -491,8 +489,17 @@ class MigrationRunner:
                       targets={p["name"]: p["replica"] for p in plan},
                       steps={w["name"]: w["replica_step"] for w in self.ledger.workloads(node=node)
                              if w["replica_step"] is not None})
-        if not plan:
+        if not plan and not gangs:
             self._finish(migration_id, fence, "failed", error=f"no replica of {', '.join(skipped)}: nothing to resume from")
+            return
+        gang_errors = [e for e in (self._run_lost_gang(migration_id, fence, fence_file, node, w)
+                                   for _gang, w in sorted(gangs.items())) if e]
+        if not plan:
+            if gang_errors or skipped:
+                why = "; ".join(gang_errors + ([f"no replica of {', '.join(skipped)}"] if skipped else []))
+                self._finish(migration_id, fence, "failed", error=why)
+            else:
+                self._finish(migration_id, fence, "running")
             return
         results: list[dict] = []
         failures: list[str] = []
@@ -526,11 +533,50 @@ class MigrationRunner:
             placement.release(str(self.reservation_file), REPLICA_OWNER.format(done["name"]))
             self.ledger.workload_seen(done["name"], done["target"], next(p["spec"] for p in plan if p["name"] == done["name"]),
                                       len(next(p["gpus"] for p in plan if p["name"] == done["name"])))
-        if rc == 0 and not skipped:
+        if rc == 0 and not skipped and not gang_errors:
             self._finish(migration_id, fence, "running", private=private)
         else:
-            why = "; ".join(failures[-3:]) or (f"no replica of {', '.join(skipped)}" if skipped else f"rc {rc}")
+            why = "; ".join(gang_errors + failures[-3:]) or (
+                f"no replica of {', '.join(skipped)}" if skipped else f"rc {rc}")
             self._finish(migration_id, fence, "failed", error=why, private=private)
+
+    def _run_lost_gang(self, migration_id: str, fence: int, fence_file: Path, node: str, w: dict) -> str | None:
+        """A gang member on a lost node: the gang restarts from the newest step every survivor and the member's
+        replica hold, the replica node taking the member's place (``migrate_gang`` with ``lost``). The error, if any."""
+        gang = w["spec"]["gang"]["name"]
+        members = list(w["spec"]["gang"].get("members") or [])
+        if not (w["replica"] and w["replica_root"] and w["replica_step"] is not None) or node not in members:
+            return f"gang {gang}: no replica of {w['name']} to restart it from"
+        ident = f"{migration_id}.{gang}"
+        path = self.record_dir / f"{ident}.json"
+        record = json.loads(path.read_text()) if path.exists() else {}
+        if record.get("migrations") and not record.get("problems"):
+            self.log(f"migration {migration_id}: gang {gang} was restarted by an earlier run ({path})")
+            return None
+        extravars: dict[str, Any] = dict(self.config.migrate.extra_vars)
+        extravars.update({"gang": gang, "source": [node], "gang_members": members, "lost": True,
+                          "lost_replicas": {node: {"name": w["name"], "host": w["replica"], "root": w["replica_root"],
+                                                   "spec": w["spec"]}},
+                          "migration_id": ident, "migration_fence": str(fence), "fence_file": str(fence_file),
+                          "spot_record_dir": str(self.record_dir), "spot_reservation_file": str(self.reservation_file)})
+        self.log(f"migration {migration_id}: gang {gang} lost {w['name']}: restarting it with its replica on "
+                 f"{w['replica']} (step {w['replica_step']} or older)")
+        rc, private = self.actions.run(f"{migration_id}-{fence}-gang-{gang}", "spot.migration.migrate_gang", extravars,
+                                       marker=migration_id, timeout=self.config.migrate.timeout,
+                                       cancel=lambda: migration_id in self.fenced_out,
+                                       forks=max(int(self.config.migrate.forks), 8))
+        if migration_id in self.fenced_out:
+            raise Fenced(f"fence {fence} superseded during the gang's recovery")
+        record = json.loads(path.read_text()) if path.exists() else {}
+        for row in record.get("migrations") or []:
+            if row.get("moved") and row.get("outcome") == "resumed" and self.ledger.workload_moved(
+                    row["workload"], row["target"]):
+                self.log(f"migration {migration_id}: {row['workload']} (gang {gang}) now runs on {row['target']}")
+        if rc != 0:
+            return f"gang {gang}: " + ("; ".join(record.get("problems") or []) or f"migrate_gang rc {rc} ({private})")
+        self.log(f"migration {migration_id}: gang {gang} runs again on {', '.join(record.get('members') or [])} "
+                 f"from step {record.get('step')}")
+        return None
 
     def _finish(self, migration_id: str, fence: int, outcome: str, error: str | None = None,
                 private: Path | None = None) -> None:
