@@ -207,6 +207,43 @@ class MigrationRunner:
                     out.setdefault(gang, []).append(source)
         return out
 
+    def _gang_run(self, migration_id: str, fence: int, fence_file: Path, gang: str, extravars: dict[str, Any],
+                  what: str) -> str | None:
+        """One ``migrate_gang`` run for ``migration_id`` (its id ``<migration id>.<gang>``, under its fence): skipped
+        when an earlier run's record says it was done (its watcher died before it was told); the run's results
+        advance the migration's ledger states only (the members are the gang's to move: a resumed run runs
+        migrate_gang again, never migrate on a member alone); moved members follow in the ledger. The error, if any."""
+        ident = f"{migration_id}.{gang}"
+        path = self.record_dir / f"{ident}.json"
+        record = json.loads(path.read_text()) if path.exists() else {}
+        if record.get("migrations") and not record.get("problems"):
+            self.log(f"migration {migration_id}: gang {gang} was moved by an earlier run ({path})")
+            return None
+        self.log(f"migration {migration_id}: gang {gang}: {what}")
+        extravars = dict(extravars, gang=gang, migration_id=ident, migration_fence=str(fence),
+                         fence_file=str(fence_file), spot_record_dir=str(self.record_dir),
+                         spot_reservation_file=str(self.reservation_file))
+        events = actions_mod.MigrationEvents(routes={ident: lambda state, **kw: self._advance(
+            migration_id, fence, state, detail=f"gang {gang}: {kw.get('detail') or state}")})
+        rc, private = self.actions.run(f"{migration_id}-{fence}-gang-{gang}", "spot.migration.migrate_gang", extravars,
+                                       on_event=events, marker=migration_id, timeout=self.config.migrate.timeout,
+                                       cancel=lambda: migration_id in self.fenced_out,
+                                       forks=max(int(self.config.migrate.forks), 8))
+        if migration_id in self.fenced_out:
+            raise Fenced(f"migration {migration_id}: fence {fence} superseded during the gang's run")
+        record = json.loads(path.read_text()) if path.exists() else {}
+        for row in record.get("migrations") or []:
+            if row.get("moved") and row.get("outcome") == "resumed" and self.ledger.workload_moved(
+                    row["workload"], row["target"]):
+                self.log(f"migration {migration_id}: {row['workload']} (gang {gang}) now runs on {row['target']}")
+        if rc != 0:
+            why = "; ".join(record.get("problems") or []) or f"migrate_gang rc {rc} (its run: {private})"
+            self.log(logs.warning(f"migration {migration_id}: gang {gang} not moved: {why}"))
+            return f"gang {gang}: {why}"[:2000]
+        self.log(f"migration {migration_id}: gang {gang} runs again on {', '.join(record.get('members') or [])} "
+                 + (f"from step {record.get('step')}" if not record.get("already") else "(an earlier run had restarted it)"))
+        return None
+
     def _run_gangs(self, rows: dict[str, dict], fences: dict[str, int], fence_files: dict[str, Path],
                    gangs: dict[str, list[str]] | None = None) -> dict[str, str]:
         """The gangs with a member on these migrations' sources: one ``migrate_gang`` run per gang (its members
@@ -223,48 +260,14 @@ class MigrationRunner:
             if not sources:
                 continue
             first = by_source[sources[0]]
-            ident = f"{first}.{gang}"
-            extravars: dict[str, Any] = dict(self.config.migrate.extra_vars)
-            extravars.update({"gang": gang, "source": sources, "migration_id": ident,
-                              "migration_fence": str(fences[first]), "fence_file": str(fence_files[first]),
-                              "spot_record_dir": str(self.record_dir),
-                              "spot_reservation_file": str(self.reservation_file)})
+            extravars: dict[str, Any] = dict(self.config.migrate.extra_vars, source=sources)
             signalled_at = self.ledger.signalled_at(rows[first]["notice_id"])
             if signalled_at:
                 extravars["signalled_at"] = signalled_at
-            path = self.record_dir / f"{ident}.json"
-            record = json.loads(path.read_text()) if path.exists() else {}
-            if record.get("migrations") and not record.get("problems"):
-                # An earlier run of this migration moved the gang; its watcher died before it was told.
-                self.log(f"migration {first}: gang {gang} was moved by an earlier run ({path})")
-                continue
-            self.log(f"migration {first}: gang {gang} has members on {', '.join(sources)}: one migrate_gang run")
-            # The run's results name the gang's migration (``ident``): they advance the first source's ledger entry,
-            # its states only - the members are the gang's to move (a resumed run runs migrate_gang again), never
-            # workloads a resumed migrate would move alone.
-            events = actions_mod.MigrationEvents(routes={ident: lambda state, mid=first, **kw: self._advance(
-                mid, fences[mid], state, detail=f"gang {gang}: {kw.get('detail') or state}")})
-            rc, _private = self.actions.run(f"{first}-{fences[first]}-gang-{gang}", "spot.migration.migrate_gang",
-                                            extravars, on_event=events, marker=first,
-                                            timeout=self.config.migrate.timeout,
-                                            cancel=lambda mid=first: mid in self.fenced_out,
-                                            forks=max(int(self.config.migrate.forks), 8))
-            if first in self.fenced_out:
-                raise Fenced(f"migration {first}: fence {fences[first]} superseded during the gang's run")
-            record = json.loads(path.read_text()) if path.exists() else {}
-            for row in record.get("migrations") or []:
-                if row.get("moved") and row.get("outcome") == "resumed" and self.ledger.workload_moved(
-                        row["workload"], row["target"]):
-                    self.log(f"migration {first}: {row['workload']} (gang {gang}) now runs on {row['target']}")
-            if rc != 0:
-                why = "; ".join(record.get("problems") or []) or f"migrate_gang rc {rc} (its run: {_private})"
-                self.log(logs.warning(f"migration {first}: gang {gang} not moved: {why}"))
-                for source in sources:
-                    errors[by_source[source]] = f"gang {gang}: {why}"[:2000]
-            else:
-                self.log(f"migration {first}: gang {gang} runs again on {', '.join(record.get('members') or [])} "
-                         + (f"from step {record.get('step')}" if not record.get("already") else
-                            "(an earlier run had restarted it)"))
+            why = self._gang_run(first, fences[first], fence_files[first], gang, extravars,
+                                 f"members on {', '.join(sources)}: one migrate_gang run")
+            if why:
+                errors.update({by_source[source]: why for source in sources})
         return errors
 
     def _run_wave(self, claimed: Claimed) -> None:
@@ -547,36 +550,13 @@ class MigrationRunner:
         members = list(w["spec"]["gang"].get("members") or [])
         if not (w["replica"] and w["replica_root"] and w["replica_step"] is not None) or node not in members:
             return f"gang {gang}: no replica of {w['name']} to restart it from"
-        ident = f"{migration_id}.{gang}"
-        path = self.record_dir / f"{ident}.json"
-        record = json.loads(path.read_text()) if path.exists() else {}
-        if record.get("migrations") and not record.get("problems"):
-            self.log(f"migration {migration_id}: gang {gang} was restarted by an earlier run ({path})")
-            return None
         extravars: dict[str, Any] = dict(self.config.migrate.extra_vars)
-        extravars.update({"gang": gang, "source": [node], "gang_members": members, "lost": True,
+        extravars.update({"source": [node], "gang_members": members, "lost": True,
                           "lost_replicas": {node: {"name": w["name"], "host": w["replica"], "root": w["replica_root"],
-                                                   "spec": w["spec"]}},
-                          "migration_id": ident, "migration_fence": str(fence), "fence_file": str(fence_file),
-                          "spot_record_dir": str(self.record_dir), "spot_reservation_file": str(self.reservation_file)})
-        self.log(f"migration {migration_id}: gang {gang} lost {w['name']}: restarting it with its replica on "
-                 f"{w['replica']} (step {w['replica_step']} or older)")
-        rc, private = self.actions.run(f"{migration_id}-{fence}-gang-{gang}", "spot.migration.migrate_gang", extravars,
-                                       marker=migration_id, timeout=self.config.migrate.timeout,
-                                       cancel=lambda: migration_id in self.fenced_out,
-                                       forks=max(int(self.config.migrate.forks), 8))
-        if migration_id in self.fenced_out:
-            raise Fenced(f"fence {fence} superseded during the gang's recovery")
-        record = json.loads(path.read_text()) if path.exists() else {}
-        for row in record.get("migrations") or []:
-            if row.get("moved") and row.get("outcome") == "resumed" and self.ledger.workload_moved(
-                    row["workload"], row["target"]):
-                self.log(f"migration {migration_id}: {row['workload']} (gang {gang}) now runs on {row['target']}")
-        if rc != 0:
-            return f"gang {gang}: " + ("; ".join(record.get("problems") or []) or f"migrate_gang rc {rc} ({private})")
-        self.log(f"migration {migration_id}: gang {gang} runs again on {', '.join(record.get('members') or [])} "
-                 f"from step {record.get('step')}")
-        return None
+                                                   "spec": w["spec"]}}})
+        return self._gang_run(migration_id, fence, fence_file, gang, extravars,
+                              f"lost {w['name']}: restarting it with its replica on {w['replica']} "
+                              f"(step {w['replica_step']} or older)")
 
     def _finish(self, migration_id: str, fence: int, outcome: str, error: str | None = None,
                 private: Path | None = None) -> None:
