@@ -9,10 +9,12 @@ placement, and the record. Pure data; no I/O but the fence file."""
 
 from __future__ import absolute_import, division, print_function
 
+import os
 import time
 
+from ._checkpoint import step_from_name
 from ._gang import GangError, check_gang, common_step, member_name, new_layout
-from ._migration import MigrationError, check_id
+from ._migration import MigrationError, check_id, staging_dir
 from ._plan import _fenced, endpoint, fence_holds
 
 __metaclass__ = type
@@ -159,7 +161,7 @@ def layout(the_plan, host_vars, reservations):
     not save, no step is held by every member, or an evicted member has no replacement."""
     found = members(the_plan, host_vars)
     parts, rows = _parts(the_plan, host_vars, found)
-    done = _already_moved(the_plan, found, rows)
+    done = _already_moved(the_plan, found, rows, host_vars, reservations)
     if done is not None:
         return done
     try:
@@ -200,19 +202,50 @@ def layout(the_plan, host_vars, reservations):
             'names': dict((h, rows[h]['name']) for h in found)}
 
 
-def _already_moved(the_plan, found, rows):
-    """A run resumed after the gang already runs again without the sources (its watcher died after the restart): a
-    member with a newer generation whose members leave every source out. The layout of what runs (``done``)."""
+def _already_moved(the_plan, found, rows, host_vars, reservations):
+    """A run resumed after an earlier one (its watcher died) restarted the gang without the sources: a member runs a
+    newer generation whose members leave every source out. Then nothing is stopped again; the layout (``done``) says
+    how each new member starts - a survivor from the part it already resumed from (left running when it runs), a
+    replacement from the copy the earlier run staged or put in place - so a gang the earlier run only half started
+    runs whole."""
     base = check_gang(rows[the_plan['sources'][0]]['spec']['gang'])['generation']
-    newer = [check_gang(r['spec']['gang']) for r in rows.values() if (r.get('spec') or {}).get('gang')]
-    newer = [g for g in newer if g['generation'] > base and not set(g['members']) & set(the_plan['sources'])]
+    newer = [(h, check_gang(r['spec']['gang'])) for h, r in rows.items() if (r.get('spec') or {}).get('gang')]
+    newer = [(h, g) for h, g in newer if g['generation'] > base and not set(g['members']) & set(the_plan['sources'])]
     if not newer:
         return None
-    gang = max(newer, key=lambda g: g['generation'])
-    gang.pop('rank')
-    return {'id': the_plan['id'], 'gang': gang, 'step': None, 'done': True, 'old_members': found,
-            'new_members': gang['members'], 'sources': list(the_plan['sources']), 'targets': {},
-            'replacements': dict((s, gang['members'][found.index(s)]) for s in the_plan['sources']),
+    host, gang = max(newer, key=lambda hg: hg[1]['generation'])
+    resumed = rows[host]['spec'].get('resume_from')
+    step = step_from_name(os.path.basename(str(resumed or '').rstrip('/')))
+    if step is None:
+        raise MigrationError('gang %s runs generation %d on %s, which says no step it resumed from'
+                             % (the_plan['gang'], gang['generation'], host))
+    part = os.path.basename(resumed.rstrip('/'))
+    reserved = dict((r.get('source'), r) for r in reservations or [] if r.get('target'))
+    resume, targets = {}, {}
+    for rank, (old, new) in enumerate(zip(found, gang['members'])):
+        if old == new:
+            spec = rows[old]['spec']
+            resume[new] = {'checkpoint': os.path.join(spec['checkpoint_dir'], part), 'spec': spec, 'transfer': 'shared',
+                           'running': bool(rows[old].get('running')) and check_gang(spec['gang'])['generation'] ==
+                           gang['generation']}
+            continue
+        got = reserved.get(old) or {}
+        if got.get('target') != new:
+            raise MigrationError('gang %s already runs generation %d with %s in place of %s, but that host is not '
+                                 'reserved for it now (%s): start it by hand or run the migration again'
+                                 % (the_plan['gang'], gang['generation'], new, old, got.get('error') or got.get('target')))
+        root = (host_vars.get(new) or {}).get('spot_checkpoint_root')
+        spec = rows[old]['spec']
+        resume[new] = {'checkpoint': os.path.join(spec['checkpoint_dir'], part), 'spec': spec, 'transfer': 'rsync',
+                       'staged': os.path.join(staging_dir(root, the_plan['id']), part) if root else None,
+                       'source_root': str((host_vars.get(old) or {}).get('spot_checkpoint_root') or '')}
+        targets[old] = {'name': new, 'gpus': list(got.get('gpus') or []), 'owner': got.get('owner')}
+    out_gang = dict(gang)
+    out_gang.pop('rank')
+    return {'id': the_plan['id'], 'gang': out_gang, 'step': step, 'done': True, 'old_members': found,
+            'new_members': out_gang['members'], 'sources': list(the_plan['sources']), 'targets': targets,
+            'released': [], 'resume': resume, 'lost': bool(the_plan.get('lost')),
+            'replacements': dict((s, out_gang['members'][found.index(s)]) for s in the_plan['sources']),
             'names': dict((h, rows[h]['name']) for h in found)}
 
 
@@ -223,6 +256,18 @@ def placements(the_layout, the_plan, host_vars, here):
         raise _fenced(the_plan, 'the gang starts again')
     rank = the_layout['new_members'].index(here)
     old = the_layout['old_members'][rank]
+    if the_layout.get('done'):
+        again = the_layout['resume'][here]
+        if again.get('running'):
+            return []  # it runs the new generation already: left as it is
+        spec = dict(again['spec'], gang=dict(the_layout['gang'], rank=rank))
+        moved = again['transfer'] == 'rsync'
+        return [{'name': member_name(the_plan['gang'], rank), 'migration_id': the_layout['id'], 'source': old,
+                 'target': here, 'checkpoint': again['checkpoint'], 'is_dir': True, 'step': the_layout['step'],
+                 'spec': spec, 'transfer': again['transfer'], 'staged': again.get('staged'),
+                 'source_root': again.get('source_root') or '',
+                 'gpus': list(the_layout['targets'][old]['gpus']) if moved else list(spec.get('gpus') or []),
+                 'owner': the_layout['targets'][old].get('owner') if moved else None}]
     release = (host_vars.get(old) or {}).get('gang_release') or {}
     sealed = release.get('sealed')
     released = the_layout.get('released', the_layout['old_members'])
@@ -265,12 +310,6 @@ def record(the_plan, the_layout, host_vars, check_mode, finished_at=None):
             'finished_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(finished_at))}
     if not the_layout:
         return dict(base, migrations=[], problems=['gang %s was not moved' % the_plan['gang']])
-    if the_layout.get('done'):
-        rows = [{'workload': member_name(the_plan['gang'], rank), 'rank': rank, 'source': old, 'target': new,
-                 'moved': old != new, 'outcome': 'resumed', 'error': None, 'already': True}
-                for rank, (old, new) in enumerate(zip(the_layout['old_members'], the_layout['new_members']))]
-        return dict(base, migrations=rows, problems=[], step=None, generation=the_layout['gang']['generation'],
-                    master_addr=the_layout['gang']['master_addr'], members=the_layout['new_members'], already=True)
     rows, problems = [], []
     for rank, (old, new) in enumerate(zip(the_layout['old_members'], the_layout['new_members'])):
         placed = (((host_vars.get(new) or {}).get('migrate_placed') or {}).get('placed') or {})
@@ -293,4 +332,5 @@ def record(the_plan, the_layout, host_vars, check_mode, finished_at=None):
                      'resumed_at': went.get('resumed_at'), 'outcome': 'failed' if error else (
                          'planned' if check_mode else 'resumed'), 'error': error})
     return dict(base, migrations=rows, problems=problems, step=the_layout['step'], generation=the_layout['gang'][
-        'generation'], master_addr=the_layout['gang']['master_addr'], members=the_layout['new_members'])
+        'generation'], master_addr=the_layout['gang']['master_addr'], members=the_layout['new_members'],
+                already=bool(the_layout.get('done')))

@@ -7,6 +7,8 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -37,12 +39,14 @@ class Gang:
         return result
 
     def deploy(self, hosts: list[str]) -> None:
+        """The gang on ``hosts`` (member r on hosts[r]), training; it keeps its last 50 checkpoints, so the step a
+        test compares is still there however long the test takes."""
         self.size = len(hosts)
         ck = "{{ spot_checkpoint_root }}/" + self.name
         workload = {
             "name": self.name, "runtime": "process", "gpus": 1, "checkpoint_dir": ck,
             "command": [sys.executable, gang_trainer.__file__],  # torch: the test venv
-            "args": ["--checkpoint-dir", ck, "--every", "40", "--keep", "3", "--step-time", "0.02",
+            "args": ["--checkpoint-dir", ck, "--every", "40", "--keep", "50", "--step-time", "0.02",
                      "--dump-resumed", "{{ spot_checkpoint_root }}/resumed-" + self.name],
             "workload_root": "{{ spot_workload_root }}",
             "gang": {"hosts": hosts, "master_port": free_port()}}
@@ -51,8 +55,33 @@ class Gang:
             wait_for(lambda h=host, r=rank: (self.progress(h, r).get("step") or 0) > 0, 60, f"rank {rank} training")
 
     def migrate(self, *sources: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.playbook("migrate_gang", "-e", f"gang={self.name}", "-e", json.dumps({"source": list(sources)}),
-                             check=check)
+        """Run migrate_gang, watching the fleet meanwhile (every 20 ms): never two copies of a member, never more
+        members running than the gang has, never an old member running beside a new one."""
+        seen: list[dict[str, str]] = []
+        done = threading.Event()
+
+        def watch():
+            while not done.is_set():
+                seen.append(self.processes())
+                time.sleep(0.02)
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        try:
+            result = self.playbook("migrate_gang", "-e", f"gang={self.name}", "-e",
+                                   json.dumps({"source": list(sources)}), check=check)
+        finally:
+            done.set()
+            thread.join()
+        # Exactly one gang at any moment: an old member's process (the same pid on the same host) never alive beside
+        # a new one, and never more members than the gang has.
+        before = seen[0] if seen else {}
+        for moment in seen:
+            assert len(moment) <= self.size, moment
+            old = {m for m, where in moment.items() if before.get(m) == where}
+            new = set(moment) - old
+            assert not (old and new), f"old members {sorted(old)} beside new ones {sorted(new)}: {moment}"
+        self.moments = seen
+        return result
 
     def progress(self, host: str, rank: int) -> dict:
         path = Path(self.fleet.node(host).paths["checkpoints"]) / self.name / f"progress-rank{rank}.json"
@@ -61,16 +90,23 @@ class Gang:
         except (OSError, ValueError):
             return {}
 
-    def running(self) -> dict[str, str]:
-        """{member name: host} of every member process alive on the fleet (any node, any member)."""
+    def processes(self) -> dict[str, tuple[str, int]]:
+        """{member name: (host, pid)} of every member process alive on the fleet (any node, any member)."""
         found = {}
         for node in self.fleet.nodes:
             for pidfile in Path(node.paths["workloads"]).glob(f"{self.name}.*/workload.pid"):
-                info = json.loads(pidfile.read_text())
+                try:
+                    info = json.loads(pidfile.read_text())
+                except (OSError, ValueError):
+                    continue  # written or removed right now
                 if fleet_mod._alive(info["pid"], info.get("start_ticks")):
                     assert pidfile.parent.name not in found, f"{pidfile.parent.name} runs twice"
-                    found[pidfile.parent.name] = node.name
+                    found[pidfile.parent.name] = (node.name, info["pid"])
         return found
+
+    def running(self) -> dict[str, str]:
+        """{member name: host} of every member process alive on the fleet."""
+        return {name: host for name, (host, _pid) in self.processes().items()}
 
     def record(self) -> dict:
         return json.loads(sorted(self.records.glob("*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text())

@@ -49,7 +49,23 @@ def status_data(ledger: Ledger, spot_hosts: list[str], heartbeat_timeout: float,
                          "source_step": w["source_step"], "lag_steps": lag_steps, "lag_seconds": lag_seconds,
                          "replicated_at": w["replicated_at"], "bytes": w["replica_bytes"], "error": w["error"]})
     return {"nodes": nodes, "in_flight": ledger.migrations(open_only=True), "workloads": workloads,
-            "replicas": replicas, "fences": ledger.fences()}
+            "replicas": replicas, "fences": ledger.fences(), "gangs": gangs(ledger.workloads())}
+
+
+def gangs(rows: list[dict]) -> dict[str, dict[str, Any]]:
+    """Jobs over several nodes as units: ``{gang: {size, generation, master, members: {rank: {workload, node}}}}``
+    from the ledger's workloads whose spec names a gang (the newest generation a member runs wins)."""
+    out: dict[str, dict[str, Any]] = {}
+    for w in rows:
+        g = (w.get("spec") or {}).get("gang") or {}
+        if not g.get("name"):
+            continue
+        unit = out.setdefault(g["name"], {"size": g.get("size"), "generation": -1, "master": None, "members": {}})
+        unit["members"][int(g.get("rank", 0))] = {"workload": w["name"], "node": w["node"]}
+        if int(g.get("generation") or 0) > unit["generation"]:
+            unit.update(generation=int(g.get("generation") or 0), master=f"{g.get('master_addr')}:{g.get('master_port')}",
+                        size=g.get("size"))
+    return out
 
 
 def render_status(data: dict[str, Any], console: Console) -> None:
@@ -84,6 +100,16 @@ def render_status(data: dict[str, Any], console: Console) -> None:
         unreachable = [h for h, found in data["workloads"].items() if found is None]
         if unreachable:
             table.caption = f"unreachable: {', '.join(sorted(unreachable))}"
+        console.print(table)
+    if data.get("gangs"):
+        table = Table(title="Jobs over several nodes (gangs)", title_justify="left")
+        for column in ("gang", "members (rank: node)", "master", "generation"):
+            table.add_column(column)
+        for name, unit in sorted(data["gangs"].items()):
+            members = ", ".join(f"{r}: {m['node']}" for r, m in sorted(unit["members"].items()))
+            if unit["size"] and len(unit["members"]) < int(unit["size"]):
+                members += f" [yellow]({len(unit['members'])} of {unit['size']} known)[/]"
+            table.add_row(name, members, unit["master"] or "-", str(unit["generation"]))
         console.print(table)
     if data.get("replicas"):
         table = Table(title="Replicas (next target, pre-reserved)", title_justify="left")

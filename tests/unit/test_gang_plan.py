@@ -202,3 +202,40 @@ def test_a_lost_member_restarts_on_its_replica_node_from_a_step_everyone_holds()
     hv["d"]["gang_replica"] = {"replicas": {"ddp.1": {"steps": [160]}}}
     with pytest.raises(MigrationError, match="no step is complete on every member"):
         layout(p, hv, [{"name": "ddp.1", "source": "b", "target": "d", "gpus": [0]}])
+
+
+def test_status_shows_a_gang_as_one_unit_with_its_members():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from spot_migration.watch import views
+    rows = [{"name": "ddp.1", "node": "c", "spec": {"gang": dict(GANG, rank=1, generation=2, master_addr="10.0.0.9")}},
+            {"name": "ddp.0", "node": "a", "spec": {"gang": dict(GANG, rank=0, generation=1)}},
+            {"name": "solo", "node": "b", "spec": {}}]
+    assert views.gangs(rows) == {"ddp": {"size": 2, "generation": 2, "master": "10.0.0.9:29400",
+                                         "members": {0: {"workload": "ddp.0", "node": "a"},
+                                                     1: {"workload": "ddp.1", "node": "c"}}}}
+    out = StringIO()
+    views.render_status({"nodes": [], "in_flight": [], "workloads": None, "replicas": [], "gangs": views.gangs(rows[:1])},
+                        Console(file=out, width=160))
+    assert "ddp" in out.getvalue() and "1: c (1 of 2 known)" in out.getvalue()
+
+
+def test_a_resumed_run_that_finds_the_gang_restarted_stops_nothing_and_starts_what_is_missing():
+    p = _plan(gang_members=["a", "b"], migration_id="m1.ddp")
+    hv = _checkpointed({"a": [120, 80], "b": [80]})
+    # a runs generation 1 (members a, c) from step 80; b (evicted) still has its stopped member of generation 0.
+    newer = dict(GANG, rank=0, generation=1, members=["a", "c"])
+    hv["a"]["gang_checkpoint"]["member"].update(running=True, spec={
+        "gang": newer, "gpus": [0], "checkpoint_dir": "/root-a/ddp", "resume_from": "/root-a/ddp/step-00000080"})
+    hv["b"]["gang_checkpoint"]["member"]["spec"]["checkpoint_dir"] = "/root-b/ddp"
+    hv["c"] = {"ansible_host": "10.0.0.3", "spot_checkpoint_root": "/root-c"}
+    out = layout(p, hv, [{"name": "ddp.1", "source": "b", "target": "c", "gpus": [1], "owner": "m1.ddp/ddp.1"}])
+    assert out["done"] and out["released"] == [] and out["step"] == 80 and out["gang"]["generation"] == 1
+    assert placements(out, p, hv, "a") == [], "a survivor already running the new generation is left alone"
+    [start] = placements(out, p, hv, "c")
+    assert start["transfer"] == "rsync" and start["staged"] == "/root-c/.spot-staging/m1.ddp/step-00000080"
+    assert start["gpus"] == [1] and start["spec"]["gang"] == dict(out["gang"], rank=1)
+    with pytest.raises(MigrationError, match="not reserved for it now"):
+        layout(p, hv, [{"name": "ddp.1", "source": "b", "target": "d", "gpus": [1]}])
