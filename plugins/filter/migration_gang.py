@@ -13,7 +13,7 @@ version_added: 1.3.0
 author:
 - spot.migration contributors (@spot-migration)
 description:
-- One filter for every controller-side step of P(spot.migration.migrate_gang#playbook); the logic is in
+- One filter for every controller-side step of the C(spot.migration.migrate_gang) playbook; the logic is in
   C(module_utils/_gang_plan.py).
 - V(plan) - the run's plan from its variables (O(_input) is a dict of the playbook's variables, O(hostvars) is
   C(groups)).

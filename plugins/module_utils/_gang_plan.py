@@ -317,9 +317,10 @@ def record(the_plan, the_layout, host_vars, check_mode, finished_at=None):
         name = member_name(the_plan['gang'], rank)
         mine, went = placed.get(name) or {}, progress.get(name) or {}
         error = None
-        for result in ((host_vars.get(old) or {}).get('gang_release') if old in the_layout.get(
-                'released', the_layout['old_members']) else None, (host_vars.get(new) or {}).get('migrate_placed'),
-                       (host_vars.get(new) or {}).get('migrate_progress')):
+        released = old in the_layout.get('released', the_layout['old_members'])
+        results = ((host_vars.get(old) or {}).get('gang_release') if released else None,
+                   (host_vars.get(new) or {}).get('migrate_placed'), (host_vars.get(new) or {}).get('migrate_progress'))
+        for result in results:
             if isinstance(result, dict) and (result.get('failed') or result.get('unreachable')):
                 error = error or result.get('msg') or 'unreachable'
         if went.get('error'):
@@ -331,6 +332,6 @@ def record(the_plan, the_layout, host_vars, check_mode, finished_at=None):
                      'started_at': mine.get('started_at'), 'first_new_step': went.get('first_new_step'),
                      'resumed_at': went.get('resumed_at'), 'outcome': 'failed' if error else (
                          'planned' if check_mode else 'resumed'), 'error': error})
-    return dict(base, migrations=rows, problems=problems, step=the_layout['step'], generation=the_layout['gang'][
-        'generation'], master_addr=the_layout['gang']['master_addr'], members=the_layout['new_members'],
-                already=bool(the_layout.get('done')))
+    return dict(base, migrations=rows, problems=problems, step=the_layout['step'],
+                generation=the_layout['gang']['generation'], master_addr=the_layout['gang']['master_addr'],
+                members=the_layout['new_members'], already=bool(the_layout.get('done')))

@@ -13,8 +13,8 @@ short_description: One member of a multi-node job (a gang) in the coarse steps o
 version_added: 1.3.0
 description:
   - A gang is one job whose ranks run on several nodes, one member (a M(spot.migration.workload) named
-    C(<gang>.<rank>), with O(spot.migration.workload#module:gang)) per node. P(spot.migration.migrate_gang#playbook)
-    runs these steps on every member at once.
+    C(<gang>.<rank>), with O(spot.migration.workload#module:gang)) per node. The C(spot.migration.migrate_gang)
+    playbook runs these steps on every member at once.
   - V(describe) returns this node's member and the gang as it stands (members by rank, master, generation). It changes
     nothing.
   - V(checkpoint) asks the member for a checkpoint (its signal or command; the job saves together, every rank at the

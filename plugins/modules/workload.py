@@ -118,14 +118,14 @@ options:
         C(PET_*) for C(torchrun), C(SPOT_GANG), C(SPOT_GANG_GENERATION), and with one process per member C(RANK),
         C(WORLD_SIZE), C(LOCAL_RANK), C(LOCAL_WORLD_SIZE). These win over the same names in O(env).
       - The workload must be named C(<gang name>.<rank>). The deploy playbook (C(workload.gang)) writes this for
-        each member; P(spot.migration.migrate_gang#playbook) moves a member and restarts the gang.
+        each member; the C(spot.migration.migrate_gang) playbook moves a member and restarts the gang.
     type: dict
     suboptions:
       name: {description: The gang's name., type: str, required: true}
       size: {description: How many members (nodes)., type: int, required: true}
       rank: {description: This member's rank (C(NODE_RANK))., type: int, required: true}
       nproc_per_node: {description: Processes per member., type: int, default: 1}
-      master_addr: {description: Member 0's address, where the rendezvous is., type: str, required: true}
+      master_addr: {description: "Member 0's address, where the rendezvous is.", type: str, required: true}
       master_port: {description: The rendezvous port., type: int, default: 29500}
       generation: {description: How many times the gang was restarted (a new rendezvous each time)., type: int, default: 0}
       members: {description: The members' hosts by rank., type: list, elements: str, default: []}

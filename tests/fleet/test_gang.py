@@ -119,9 +119,11 @@ def test_a_member_lost_without_a_notice_the_gang_restarts_from_the_replicas(ansi
         gang = Gang(fleet, play, ansible_env, workdir, "lddp")
         try:
             gang.deploy(["node1", "node2"])
-            rows = wait_for(lambda: (lambda r: r if len(r) == 2 and all(w["replica_step"] is not None for w in r)
-                                     else None)([w for w in watcher.ledger.workloads() if w["name"].startswith("lddp.")]),
-                            120, "both members replicated")
+
+            def replicated():
+                rows = [w for w in watcher.ledger.workloads() if w["name"].startswith("lddp.")]
+                return rows if len(rows) == 2 and all(w["replica_step"] is not None for w in rows) else None
+            rows = wait_for(replicated, 120, "both members replicated")
             lost_row = next(w for w in rows if w["name"] == "lddp.1")
             assert lost_row["replica"] not in ("node1", "node2"), "a member's replica is never on another member"
             fleet_mod.kill_node(fleet.dir, "node2")

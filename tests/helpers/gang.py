@@ -118,9 +118,11 @@ class Gang:
         assert self.running() == {f"{self.name}.{r}": h for r, h in enumerate(hosts)}
         master = self.fleet.node(hosts[0]).address
         for rank, host in enumerate(hosts):
-            now = wait_for(lambda h=host, r=rank: (lambda p: p if (p.get("resumed_from") == step
-                                                                   and p.get("step", 0) > step) else None)(
-                self.progress(h, r)), 60, f"rank {rank} past step {step} on {host}")
+
+            def past(h=host, r=rank):
+                seen = self.progress(h, r)
+                return seen if seen.get("resumed_from") == step and seen.get("step", 0) > step else None
+            now = wait_for(past, 60, f"rank {rank} past step {step} on {host}")
             assert now["world_size"] == self.size and now["master"] == master
             assert now["generation"] == str(record["generation"])
             part = Path(self.fleet.node(host).paths["checkpoints"]) / self.name / f"step-{step:08d}"

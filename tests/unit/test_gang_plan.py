@@ -47,8 +47,8 @@ def test_a_bad_description_is_refused_with_the_value(change, message):
 
 
 def test_the_workload_spec_carries_the_gang_and_its_environment():
-    base = {"name": "ddp.1", "runtime": "process", "command": ["python3", "t.py"], "env": {"MASTER_ADDR": "mine",
-                                                                                            "OTHER": "1"}}
+    base = {"name": "ddp.1", "runtime": "process", "command": ["python3", "t.py"],
+            "env": {"MASTER_ADDR": "mine", "OTHER": "1"}}
     spec = build_spec(dict(base, gang=GANG))
     assert spec["gang"]["rank"] == 1 and spec["env"]["MASTER_ADDR"] == "10.0.0.1" and spec["env"]["OTHER"] == "1"
     with pytest.raises(WorkloadError, match="member 1 of gang ddp: its name must be ddp.1"):
@@ -109,8 +109,8 @@ def test_a_replacement_per_evicted_member_never_on_a_member_and_never_two_on_one
     p = _plan(source=["a", "b"], gang_members=["a", "b"])
     hv = _checkpointed({"a": [40, 80], "b": [80]})
     asked = requests(p, hv)
-    assert [(r["name"], r["exclude"], r["apart"]) for r in asked] == [("ddp.0", ["a", "b"], "gang/ddp"),
-                                                                       ("ddp.1", ["a", "b"], "gang/ddp")]
+    assert [(r["name"], r["exclude"], r["apart"]) for r in asked] == [
+        ("ddp.0", ["a", "b"], "gang/ddp"), ("ddp.1", ["a", "b"], "gang/ddp")]
     candidates = [{"host": h, "free_gpus": [0, 1], "gpus": [{"index": 0}, {"index": 1}], "lifecycle": "spot"}
                   for h in ("c", "d")]
     got = reserve_many(str(tmp_path / "r.json"), asked, candidates)
