@@ -10,7 +10,9 @@ filters; no Ansible imports.
 
 A gang of ``size`` members, member ``rank`` r running ``nproc_per_node`` processes: each member is a workload named
 ``<gang>.<r>`` on its own node, with the rendezvous in its environment. ``members`` lists the gang's hosts by rank;
-``master_addr`` is member 0's address; ``generation`` counts the gang's restarts (a new rendezvous each time).
+``master_addr`` is member 0's address; ``generation`` counts the gang's restarts (a new rendezvous each time);
+``layout`` says where the gang's checkpoint is: ``member`` (each member's part in its own checkpoint directory, on its
+own disk) or ``shared`` (one directory on storage every member mounts at the same path).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -21,7 +23,8 @@ __metaclass__ = type
 
 GANG_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$')
 HOST_RE = re.compile(r'^[A-Za-z0-9_.:\[\]-]{1,253}$')
-GANG_KEYS = ('name', 'size', 'rank', 'nproc_per_node', 'master_addr', 'master_port', 'generation', 'members')
+GANG_KEYS = ('name', 'size', 'rank', 'nproc_per_node', 'master_addr', 'master_port', 'generation', 'members', 'layout')
+LAYOUTS = ('member', 'shared')
 
 
 class GangError(Exception):
@@ -74,6 +77,11 @@ def check_gang(gang):
     if len(set(members)) != len(members):
         raise GangError('gang %s names a host twice among its members: %s' % (name, ', '.join(members)))
     out['members'] = list(members)
+    layout = gang.get('layout') or 'member'
+    if layout not in LAYOUTS:
+        raise GangError('gang layout must be member (each member its own part, on its own disk) or shared (one '
+                        'directory every member mounts), not %r' % (layout,))
+    out['layout'] = layout
     return out
 
 
@@ -88,7 +96,7 @@ def gang_env(gang):
     each process it starts)."""
     g = check_gang(gang)
     env = {
-        'SPOT_GANG': g['name'], 'SPOT_GANG_GENERATION': str(g['generation']),
+        'SPOT_GANG': g['name'], 'SPOT_GANG_GENERATION': str(g['generation']), 'SPOT_GANG_LAYOUT': g['layout'],
         'MASTER_ADDR': g['master_addr'], 'MASTER_PORT': str(g['master_port']),
         'NNODES': str(g['size']), 'NODE_RANK': str(g['rank']), 'NPROC_PER_NODE': str(g['nproc_per_node']),
         'PET_NNODES': str(g['size']), 'PET_NODE_RANK': str(g['rank']),

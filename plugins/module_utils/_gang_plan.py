@@ -53,8 +53,13 @@ def plan(variables, groups, now=None):
         # Lost without a notice: the sources cannot be asked; each one's part comes from its replica node.
         if not members:
             raise MigrationError('a lost member of gang %s cannot be asked who its peers are: give gang_members' % gang)
-        missing = [s for s in sources if not isinstance(replicas.get(s), dict) or not all(
-            (replicas[s] or {}).get(k) for k in ('name', 'host', 'root', 'spec'))]
+
+        def complete(item):
+            if not isinstance(item, dict) or not item.get('name') or not isinstance(item.get('spec'), dict):
+                return False
+            shared = (item['spec'].get('gang') or {}).get('layout') == 'shared'
+            return shared or bool(item.get('host') and item.get('root'))  # shared storage holds its part: no replica
+        missing = [s for s in sources if not complete(replicas.get(s))]
         if missing:
             raise MigrationError('lost_replicas needs name, host, root and spec (the member\'s) for %s, not %r'
                                  % (', '.join(missing), dict((m, replicas.get(m)) for m in missing)))
@@ -91,19 +96,22 @@ def checkpoint_hosts(the_plan, host_vars):
     """The first play's hosts: every member (it saves) and every candidate for a replacement (described meanwhile)."""
     found = members(the_plan, host_vars)
     asked = [h for h in found if not (the_plan.get('lost') and h in the_plan['sources'])]
-    holders = [r['host'] for r in (the_plan.get('lost_replicas') or {}).values()]
+    holders = [r['host'] for r in (the_plan.get('lost_replicas') or {}).values() if r.get('host')]
     return asked + [h for h in the_plan['pool'] + holders if h not in found and h not in asked]
 
 
 def replica_lists(the_plan, host):
     """What ``host`` lists as a replica node of lost members: ``[{name, root}]``."""
     return [{'name': r['name'], 'root': r['root']} for r in (the_plan.get('lost_replicas') or {}).values()
-            if r['host'] == host]
+            if r.get('host') and r['host'] == host]
 
 
 def _parts(the_plan, host_vars, found):
     parts, errors, rows = {}, [], {}
     for host in found:
+        if the_plan.get('lost') and host in the_plan['sources'] and \
+                (the_plan['lost_replicas'][host]['spec'].get('gang') or {}).get('layout') == 'shared':
+            continue  # on shared storage: what every survivor holds (below)
         if the_plan.get('lost') and host in the_plan['sources']:
             lost = the_plan['lost_replicas'][host]
             listed = ((host_vars.get(lost['host']) or {}).get('gang_replica') or {})
@@ -124,6 +132,11 @@ def _parts(the_plan, host_vars, found):
     if errors:
         raise MigrationError('gang %s could not checkpoint together (%s): nothing was stopped'
                              % (the_plan['gang'], '; '.join(errors)))
+    for host in found:
+        if host not in rows and parts:  # lost, its part on shared storage: the steps the survivors see there
+            lost = the_plan['lost_replicas'][host]
+            parts[host] = sorted(set.intersection(*(set(p) for p in parts.values())), reverse=True)
+            rows[host] = {'name': lost['name'], 'steps': parts[host], 'spec': lost['spec'], 'shared': True}
     return parts, rows
 
 
@@ -177,6 +190,7 @@ def layout(the_plan, host_vars, reservations):
     if errors:
         raise MigrationError('gang %s: no replacement for %s; nothing was stopped, the gang runs on'
                              % (the_plan['gang'], '; '.join(errors)))
+    released = [h for h in found if not (the_plan.get('lost') and h in the_plan['sources'])]
     gang = dict(check_gang(rows[found[0]]['spec']['gang']), members=found)
     gang['generation'] = max(check_gang(r['spec']['gang'])['generation'] for r in rows.values())
     addresses = dict((h, str((host_vars.get(h) or {}).get('spot_gang_address') or (host_vars.get(h) or {}).get(
@@ -185,8 +199,13 @@ def layout(the_plan, host_vars, reservations):
         new = new_layout(gang, the_plan['sources'], dict((s, r['target']) for s, r in replacements.items()), addresses)
     except GangError as exc:
         raise MigrationError(str(exc))
+    shared = gang.get('layout') == 'shared'
     targets = {}
     for source, r in replacements.items():
+        if shared:  # nothing moves: every member mounts the gang's checkpoint
+            targets[source] = {'name': r['target'], 'gpus': list(r.get('gpus') or []), 'owner': r.get('owner'),
+                               'shared': True}
+            continue
         if rows[source].get('replica'):
             targets[source] = {'name': r['target'], 'gpus': list(r.get('gpus') or []), 'owner': r.get('owner'),
                                'replica': rows[source]['replica']}
@@ -197,9 +216,12 @@ def layout(the_plan, host_vars, reservations):
         targets[source] = point
     return {'id': the_plan['id'], 'gang': new, 'step': step, 'old_members': found, 'new_members': new['members'],
             'sources': list(the_plan['sources']), 'targets': targets, 'lost': bool(the_plan.get('lost')),
-            'released': [h for h in found if not (the_plan.get('lost') and h in the_plan['sources'])],
+            'released': released, 'shared': shared,
+            # One checkpoint on shared storage is sealed once, by a member that stays (else the first one asked).
+            'sealer': next((h for h in released if h not in the_plan['sources']), released[0] if released else None),
             'replacements': dict((s, r['target']) for s, r in replacements.items()),
-            'names': dict((h, rows[h]['name']) for h in found)}
+            'names': dict((h, rows[h]['name']) for h in found),
+            'specs': dict((h, rows[h]['spec']) for h in found if rows[h].get('shared'))}
 
 
 def _already_moved(the_plan, found, rows, host_vars, reservations):
@@ -236,6 +258,10 @@ def _already_moved(the_plan, found, rows, host_vars, reservations):
                                  % (the_plan['gang'], gang['generation'], new, old, got.get('error') or got.get('target')))
         root = (host_vars.get(new) or {}).get('spot_checkpoint_root')
         spec = rows[old]['spec']
+        if gang['layout'] == 'shared':
+            resume[new] = {'checkpoint': os.path.join(spec['checkpoint_dir'], part), 'spec': spec, 'transfer': 'shared'}
+            targets[old] = {'name': new, 'gpus': list(got.get('gpus') or []), 'owner': got.get('owner')}
+            continue
         resume[new] = {'checkpoint': os.path.join(spec['checkpoint_dir'], part), 'spec': spec, 'transfer': 'rsync',
                        'staged': os.path.join(staging_dir(root, the_plan['id']), part) if root else None,
                        'source_root': str((host_vars.get(old) or {}).get('spot_checkpoint_root') or '')}
@@ -247,6 +273,14 @@ def _already_moved(the_plan, found, rows, host_vars, reservations):
             'released': [], 'resume': resume, 'lost': bool(the_plan.get('lost')),
             'replacements': dict((s, out_gang['members'][found.index(s)]) for s in the_plan['sources']),
             'names': dict((h, rows[h]['name']) for h in found)}
+
+
+def rows_spec(the_layout, old):
+    """The spec of the member that was on ``old`` when no release says it (a member lost on shared storage)."""
+    spec = (the_layout.get('specs') or {}).get(old)
+    if not spec:
+        raise MigrationError('no spec of the member on %s' % old)
+    return spec
 
 
 def placements(the_layout, the_plan, host_vars, here):
@@ -261,7 +295,7 @@ def placements(the_layout, the_plan, host_vars, here):
         if again.get('running'):
             return []  # it runs the new generation already: left as it is
         spec = dict(again['spec'], gang=dict(the_layout['gang'], rank=rank))
-        moved = again['transfer'] == 'rsync'
+        moved = old != here
         return [{'name': member_name(the_plan['gang'], rank), 'migration_id': the_layout['id'], 'source': old,
                  'target': here, 'checkpoint': again['checkpoint'], 'is_dir': True, 'step': the_layout['step'],
                  'spec': spec, 'transfer': again['transfer'], 'staged': again.get('staged'),
@@ -278,6 +312,15 @@ def placements(the_layout, the_plan, host_vars, here):
         raise MigrationError('gang %s does not start again: %s' % (the_plan['gang'], '; '.join(
             '%s: %s' % (h, ((host_vars.get(h) or {}).get('gang_release') or {}).get('msg') or 'no answer')
             for h in failed)))
+    if the_layout.get('shared') and old != here:
+        # Shared storage: the replacement resumes from the gang's checkpoint where it is (sealed by the sealer).
+        part = ((host_vars.get(the_layout['sealer']) or {}).get('gang_release') or {}).get('sealed') or {}
+        spec = dict((sealed or part).get('spec') or rows_spec(the_layout, old), gang=dict(the_layout['gang'], rank=rank))
+        return [{'name': member_name(the_plan['gang'], rank), 'migration_id': the_layout['id'], 'source': old,
+                 'target': here, 'checkpoint': part['checkpoint'], 'is_dir': part.get('is_dir', True),
+                 'step': the_layout['step'], 'spec': spec, 'transfer': 'shared', 'staged': None,
+                 'gpus': list(the_layout['targets'][old]['gpus']), 'owner': the_layout['targets'][old].get('owner'),
+                 'source_root': ''}]
     lost = (the_layout['targets'].get(old) or {}).get('replica')
     if lost:
         # A lost member: its replica node resumes it from the replica of the gang's step (verified, hard-linked).

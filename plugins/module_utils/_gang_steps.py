@@ -39,6 +39,7 @@ GANG_SPEC = dict(
         ask=dict(type='bool', default=True),
         replicas=dict(type='list', elements='dict', default=[]),
         checkpoint_step=dict(type='int'),
+        seal=dict(type='bool', default=True),
         target=dict(type='dict'),
         ssh_ciphers=dict(type='str', default=PREFERRED_CIPHERS),
         bwlimit=dict(type='int', default=0),
@@ -105,9 +106,11 @@ def gang_checkpoint(by_runtime, gang, migration_id, host, deadline, signalled_at
                           'workloads': {member['name']: row}}}
 
 
-def gang_release(by_runtime, run, gang, migration_id, host, step, target, check_mode, ciphers=None, bwlimit=0):
+def gang_release(by_runtime, run, gang, migration_id, host, step, target, check_mode, ciphers=None, bwlimit=0,
+                 sealing_here=True):
     """Stop this member, seal its part of ``step``; with ``target`` (an evicted member's replacement: ``{name, host,
-    ssh, root}``), push the part into the target's staging directory, sealing while it is sent."""
+    ssh, root}``), push the part into the target's staging directory, sealing while it is sent. ``sealing_here=False``:
+    another member seals it (a gang's one checkpoint on shared storage is sealed once)."""
     migration_id = check_id(migration_id)
     member = find_member(by_runtime, gang, host)
     stopped = ensure_stopped(by_runtime[member['runtime']], member['name'], check_mode, hard=True)
@@ -123,6 +126,8 @@ def gang_release(by_runtime, run, gang, migration_id, host, step, target, check_
         if row['is_dir'] else os.path.getsize(checkpoint)
 
     def sealing():
+        if not sealing_here:
+            return {'sealed_changed': False, 'verified_at': None}
         sealed = seal(checkpoint, check_mode=check_mode, step=int(step))
         return {'sealed_changed': sealed['changed'], 'verified_at': iso()}
 
@@ -169,7 +174,7 @@ def gang_step(p, node):
         return gang_checkpoint(by_runtime, p['gang'], p['migration_id'], p['host'], p['deadline'], p['signalled_at'],
                                node.check_mode, p['ask'])
     return gang_release(by_runtime, node.run, p['gang'], p['migration_id'], p['host'], p['checkpoint_step'],
-                        p['target'], node.check_mode, p['ssh_ciphers'], p['bwlimit'])
+                        p['target'], node.check_mode, p['ssh_ciphers'], p['bwlimit'], p['seal'])
 
 
 def lean_gang_step(params, check_mode=False):

@@ -77,6 +77,12 @@ options:
     type: list
     elements: dict
     default: []
+  seal:
+    description:
+      - V(release) - seal the part here; V(false) where another member seals it (a gang whose one checkpoint is on
+        shared storage, C(layout=shared), is sealed once).
+    type: bool
+    default: true
   checkpoint_step:
     description: V(release) - the step the gang resumes from (every member holds it complete).
     type: int

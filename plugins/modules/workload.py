@@ -129,6 +129,14 @@ options:
       master_port: {description: The rendezvous port., type: int, default: 29500}
       generation: {description: How many times the gang was restarted (a new rendezvous each time)., type: int, default: 0}
       members: {description: The members' hosts by rank., type: list, elements: str, default: []}
+      layout:
+        description:
+          - Where the gang's checkpoint is - V(member) (each member's part in its own O(checkpoint_dir), on its own
+            disk) or V(shared) (one directory every member mounts at the same path; nothing is copied when a member
+            moves).
+        type: str
+        choices: [member, shared]
+        default: member
   deadline:
     description: V(checkpointed) waits this many seconds for the checkpoint.
     type: float
@@ -271,7 +279,8 @@ def main():
                 name=dict(type='str', required=True), size=dict(type='int', required=True),
                 rank=dict(type='int', required=True), nproc_per_node=dict(type='int', default=1),
                 master_addr=dict(type='str', required=True), master_port=dict(type='int', default=29500),
-                generation=dict(type='int', default=0), members=dict(type='list', elements='str', default=[]))),
+                generation=dict(type='int', default=0), members=dict(type='list', elements='str', default=[]),
+                layout=dict(type='str', default='member', choices=['member', 'shared']))),
             deadline=dict(type='float', default=60.0),
             stable_for=dict(type='float', default=0.0),
             signalled_at=dict(type='float'),

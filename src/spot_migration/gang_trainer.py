@@ -16,6 +16,8 @@ What a job must do to be moved member by member (docs/gang.md):
   checkpoint (``.metadata`` + its ranks' ``.distcp`` files) of its own ranks' state, under ``step-<8 digits>``,
   written as ``.step-<n>.tmp`` and renamed once complete;
 * **load its own part**: ``--resume PATH`` loads the member's part with the same process group;
+* with ``SPOT_GANG_LAYOUT=shared`` (``gang.layout: shared``: a checkpoint directory every member mounts at the same
+  path) the whole gang saves one DCP checkpoint there instead, and loads it;
 * **read the rendezvous from the environment**, never from its own arguments, so a restart on other hosts (a new
   master when the master was replaced) needs no change to the job;
 * **let SIGTERM kill it**: a rank blocked in a collective whose peer is gone cannot run a Python handler; the
@@ -71,8 +73,12 @@ class GangTrainer:
         self.world = int(os.environ["WORLD_SIZE"])
         self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("NPROC_PER_NODE") or 1)
         dist.init_process_group("gloo", timeout=timedelta(seconds=args.collective_timeout))
-        # The ranks of this member (torchrun numbers them contiguously per node): the save's and the load's group.
-        self.member_group, _ = dist.new_subgroups(group_size=self.local_world)
+        if os.environ.get("SPOT_GANG_LAYOUT") == "shared":
+            # One directory every member mounts: the whole gang saves one DCP checkpoint there, and loads it.
+            self.member_group = dist.group.WORLD
+        else:
+            # The ranks of this member (torchrun numbers them contiguously per node): the save's and the load's group.
+            self.member_group, _ = dist.new_subgroups(group_size=self.local_world)
         torch.manual_seed(1234)
         self.model = torch.nn.Linear(DIM, 1)
         self.optim = torch.optim.SGD(self.model.parameters(), lr=args.lr)

@@ -35,8 +35,8 @@ def gplay(gfleet, ansible_env, tmp_path_factory):
 def gang_factory(gfleet, gplay, ansible_env, tmp_path):
     made = []
 
-    def make(name):
-        made.append(Gang(gfleet, gplay, ansible_env, tmp_path, name))
+    def make(name, shared=None):
+        made.append(Gang(gfleet, gplay, ansible_env, tmp_path, name, shared))
         return made[-1]
     yield make
     for gang in made:
@@ -66,6 +66,20 @@ def test_a_non_master_then_the_master_evicted_the_gang_carries_on(gfleet, gang_f
     assert [(m["source"], m["target"]) for m in second["migrations"]] == [("node1", "node3"), ("standby1", "standby1")]
     assert second["generation"] == 2 and second["master_addr"] == gfleet.node("node3").address
     gang.check_resumed(second, ["node3", "standby1"])
+
+
+def test_a_gang_on_shared_storage_moves_nothing_and_carries_on(gfleet, gang_factory, tmp_path):
+    """``layout: shared``: the whole gang saves one DCP checkpoint in a directory every member mounts (here: one path
+    on this machine); an evicted member's replacement resumes from it where it is, after one member sealed it."""
+    gang = gang_factory("sddp", shared=tmp_path / "shared-ckpt")
+    gang.deploy(["node1", "node2"])
+    gang.migrate("node2")
+    record = gang.record()
+    assert [(m["source"], m["target"]) for m in record["migrations"]] == [("node1", "node1"), ("node2", "standby1")]
+    assert not list(Path(gfleet.node("standby1").paths["checkpoints"]).glob(".spot-staging/*/*")), "nothing copied"
+    assert (gang.shared / f"step-{record['step']:08d}.spot-manifest.json").exists() or \
+        (gang.shared / f"step-{record['step']:08d}" / ".spot-manifest.json").exists()
+    gang.check_resumed(record, ["node1", "standby1"])
 
 
 def test_two_members_evicted_in_one_wave_are_one_migration(gfleet, gang_factory):

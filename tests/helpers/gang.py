@@ -22,8 +22,9 @@ from tests.helpers.fleet import free_port, wait_for
 class Gang:
     """Deploy a gang, run migrate_gang, look at its members; removes every member it made, on every node."""
 
-    def __init__(self, fleet, play, env, tmp: Path, name: str):
-        self.fleet, self.play, self.env, self.tmp, self.name = fleet, play, env, tmp, name
+    def __init__(self, fleet, play, env, tmp: Path, name: str, shared: Path | None = None):
+        """``shared``: the gang's checkpoint in this one directory every member sees (``layout: shared``)."""
+        self.fleet, self.play, self.env, self.tmp, self.name, self.shared = fleet, play, env, tmp, name, shared
         self.records = tmp / "records"
         self.reservations = tmp / "reservations.json"
         self.size = 0
@@ -42,14 +43,14 @@ class Gang:
         """The gang on ``hosts`` (member r on hosts[r]), training; it keeps its last 50 checkpoints, so the step a
         test compares is still there however long the test takes."""
         self.size = len(hosts)
-        ck = "{{ spot_checkpoint_root }}/" + self.name
+        ck = str(self.shared) if self.shared else "{{ spot_checkpoint_root }}/" + self.name
         workload = {
             "name": self.name, "runtime": "process", "gpus": 1, "checkpoint_dir": ck,
             "command": [sys.executable, gang_trainer.__file__],  # torch: the test venv
             "args": ["--checkpoint-dir", ck, "--every", "40", "--keep", "50", "--step-time", "0.02",
-                     "--dump-resumed", "{{ spot_checkpoint_root }}/resumed-" + self.name],
+                     "--dump-resumed", str(self.dumps(None)) if self.shared else "{{ spot_checkpoint_root }}/resumed-" + self.name],
             "workload_root": "{{ spot_workload_root }}",
-            "gang": {"hosts": hosts, "master_port": free_port()}}
+            "gang": {"hosts": hosts, "master_port": free_port(), "layout": "shared" if self.shared else "member"}}
         self.playbook("deploy", "-e", json.dumps({"workload": workload}))
         for rank, host in enumerate(hosts):
             wait_for(lambda h=host, r=rank: (self.progress(h, r).get("step") or 0) > 0, 60, f"rank {rank} training")
@@ -84,11 +85,21 @@ class Gang:
         return result
 
     def progress(self, host: str, rank: int) -> dict:
-        path = Path(self.fleet.node(host).paths["checkpoints"]) / self.name / f"progress-rank{rank}.json"
+        path = self.ckdir(host) / f"progress-rank{rank}.json"
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
             return {}
+
+    def dumps(self, host: str | None) -> Path:
+        """Where the trainer on ``host`` writes what it loaded (beside the shared checkpoint: one place for all)."""
+        if self.shared:
+            return self.shared.parent / f"resumed-{self.name}"
+        return Path(self.fleet.node(host).paths["checkpoints"]) / f"resumed-{self.name}"
+
+    def ckdir(self, host: str) -> Path:
+        """The gang's checkpoint directory as ``host`` sees it."""
+        return self.shared or Path(self.fleet.node(host).paths["checkpoints"]) / self.name
 
     def processes(self) -> dict[str, tuple[str, int]]:
         """{member name: (host, pid)} of every member process alive on the fleet (any node, any member)."""
@@ -125,17 +136,19 @@ class Gang:
             now = wait_for(past, 60, f"rank {rank} past step {step} on {host}")
             assert now["world_size"] == self.size and now["master"] == master
             assert now["generation"] == str(record["generation"])
-            part = Path(self.fleet.node(host).paths["checkpoints"]) / self.name / f"step-{step:08d}"
+            part = self.ckdir(host) / f"step-{step:08d}"
             flat = self.tmp / f"part-{host}-{step}.pt"
             dcp_to_torch_save(str(part), str(flat))
             saved = torch.load(flat, weights_only=False)
-            dumped = Path(self.fleet.node(host).paths["checkpoints"]) / f"resumed-{self.name}" / f"resumed-rank{rank}.pt"
+            dumped = self.dumps(host) / f"resumed-rank{rank}.pt"
             loaded = torch.load(dumped, weights_only=False)
             assert int(saved["step"].item()) == step == int(loaded["step"].item())
             for key in ("weight", "bias"):
                 assert torch.equal(saved["model"][key], loaded["model"][key]), key
             assert torch.equal(saved[f"rank{rank}"]["position"], loaded[f"rank{rank}"]["position"])
-            assert [k for k in saved if k.startswith("rank")] == [f"rank{rank}"], "a member holds only its own ranks"
+            ranks = sorted(k for k in saved if k.startswith("rank"))
+            assert ranks == ([f"rank{r}" for r in range(self.size)] if self.shared else [f"rank{rank}"]), \
+                "a member holds only its own ranks, the shared checkpoint every rank"
 
     def cleanup(self):
         for rank in range(max(self.size, 3)):
@@ -148,3 +161,6 @@ class Gang:
             # A later gang of the same name must not find these steps (a trainer keeps the highest-numbered ones).
             for path in (Path(node.paths["checkpoints"]) / self.name, Path(node.paths["checkpoints"]) / f"resumed-{self.name}"):
                 shutil.rmtree(path, ignore_errors=True)
+        if self.shared:
+            shutil.rmtree(self.shared, ignore_errors=True)
+            shutil.rmtree(self.dumps(None), ignore_errors=True)

@@ -239,3 +239,24 @@ def test_a_resumed_run_that_finds_the_gang_restarted_stops_nothing_and_starts_wh
     assert start["gpus"] == [1] and start["spec"]["gang"] == dict(out["gang"], rank=1)
     with pytest.raises(MigrationError, match="not reserved for it now"):
         layout(p, hv, [{"name": "ddp.1", "source": "b", "target": "d", "gpus": [1]}])
+
+
+def test_on_shared_storage_nothing_moves_one_member_seals_and_a_lost_member_needs_no_replica():
+    shared = dict(GANG, layout="shared")
+    spec = {"gang": dict(shared, rank=1), "gpus": [1], "checkpoint_dir": "/nfs/ddp"}
+    p = _plan(lost=True, gang_members=["a", "b"], lost_replicas={"b": {"name": "ddp.1", "spec": spec}})
+    hv = _checkpointed({"a": [120, 80]})
+    hv["a"]["gang_checkpoint"]["member"]["spec"] = dict(spec, gang=dict(shared, rank=0))
+    hv["c"] = {"ansible_host": "10.0.0.3"}
+    assert requests(p, hv)[0].get("target") is None, "no replica node to pin: any candidate"
+    out = layout(p, hv, [{"name": "ddp.1", "source": "b", "target": "c", "gpus": [0], "owner": "x/ddp.1"}])
+    assert out["shared"] and out["sealer"] == "a" and out["step"] == 120 and out["released"] == ["a"]
+    hv["a"]["gang_release"] = {"sealed": {"checkpoint": "/nfs/ddp/step-00000120", "is_dir": True, "step": 120,
+                                          "spec": hv["a"]["gang_checkpoint"]["member"]["spec"]}}
+    [placed] = placements(out, p, hv, "c")
+    assert placed["transfer"] == "shared" and placed["checkpoint"] == "/nfs/ddp/step-00000120"
+    assert placed["spec"]["checkpoint_dir"] == "/nfs/ddp" and placed["gpus"] == [0]
+    assert placed["spec"]["gang"]["rank"] == 1 and placed["spec"]["gang"]["layout"] == "shared"
+    assert gang_env(dict(shared, rank=0))["SPOT_GANG_LAYOUT"] == "shared"
+    with pytest.raises(GangError, match="gang layout must be member"):
+        check_gang(dict(GANG, layout="nfs"))

@@ -548,15 +548,17 @@ class MigrationRunner:
         replica hold, the replica node taking the member's place (``migrate_gang`` with ``lost``). The error, if any."""
         gang = w["spec"]["gang"]["name"]
         members = list(w["spec"]["gang"].get("members") or [])
-        if not (w["replica"] and w["replica_root"] and w["replica_step"] is not None) or node not in members:
+        shared = w["spec"]["gang"].get("layout") == "shared"  # its part is on storage every member mounts
+        if node not in members or not (shared or (w["replica"] and w["replica_root"] and w["replica_step"] is not None)):
             return f"gang {gang}: no replica of {w['name']} to restart it from"
+        lost = {"name": w["name"], "spec": w["spec"]}
+        if not shared:
+            lost.update({"host": w["replica"], "root": w["replica_root"]})
         extravars: dict[str, Any] = dict(self.config.migrate.extra_vars)
-        extravars.update({"source": [node], "gang_members": members, "lost": True,
-                          "lost_replicas": {node: {"name": w["name"], "host": w["replica"], "root": w["replica_root"],
-                                                   "spec": w["spec"]}}})
-        return self._gang_run(migration_id, fence, fence_file, gang, extravars,
-                              f"lost {w['name']}: restarting it with its replica on {w['replica']} "
-                              f"(step {w['replica_step']} or older)")
+        extravars.update({"source": [node], "gang_members": members, "lost": True, "lost_replicas": {node: lost}})
+        return self._gang_run(migration_id, fence, fence_file, gang, extravars, f"lost {w['name']}: restarting it " + (
+            "from the gang's checkpoint on shared storage" if shared else
+            f"with its replica on {w['replica']} (step {w['replica_step']} or older)"))
 
     def _finish(self, migration_id: str, fence: int, outcome: str, error: str | None = None,
                 private: Path | None = None) -> None:
