@@ -247,9 +247,9 @@ def _already_moved(the_plan, found, rows, host_vars, reservations):
     for rank, (old, new) in enumerate(zip(found, gang['members'])):
         if old == new:
             spec = rows[old]['spec']
+            current = check_gang(spec['gang'])['generation'] == gang['generation']
             resume[new] = {'checkpoint': os.path.join(spec['checkpoint_dir'], part), 'spec': spec, 'transfer': 'shared',
-                           'running': bool(rows[old].get('running')) and check_gang(spec['gang'])['generation'] ==
-                           gang['generation']}
+                           'running': bool(rows[old].get('running')) and current}
             continue
         got = reserved.get(old) or {}
         if got.get('target') != new:
@@ -305,13 +305,11 @@ def placements(the_layout, the_plan, host_vars, here):
     release = (host_vars.get(old) or {}).get('gang_release') or {}
     sealed = release.get('sealed')
     released = the_layout.get('released', the_layout['old_members'])
-    failed = [h for h in released
-              if ((host_vars.get(h) or {}).get('gang_release') or {}).get('failed')
-              or not ((host_vars.get(h) or {}).get('gang_release') or {}).get('sealed')]
+    answers = dict((h, (host_vars.get(h) or {}).get('gang_release') or {}) for h in released)
+    failed = [h for h, answer in answers.items() if answer.get('failed') or not answer.get('sealed')]
     if failed:
         raise MigrationError('gang %s does not start again: %s' % (the_plan['gang'], '; '.join(
-            '%s: %s' % (h, ((host_vars.get(h) or {}).get('gang_release') or {}).get('msg') or 'no answer')
-            for h in failed)))
+            '%s: %s' % (h, answers[h].get('msg') or 'no answer') for h in failed)))
     if the_layout.get('shared') and old != here:
         # Shared storage: the replacement resumes from the gang's checkpoint where it is (sealed by the sealer).
         part = ((host_vars.get(the_layout['sealer']) or {}).get('gang_release') or {}).get('sealed') or {}
