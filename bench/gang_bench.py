@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from watch_bench import BIN, ROOT, env, free_port, local_fleet  # noqa: E402
+from watch_bench import BIN, ROOT, env, free_port, local_fleet, play  # noqa: E402
 
 from spot_migration import fleet as fleet_mod  # noqa: E402
 from spot_migration import gang_trainer  # noqa: E402
@@ -95,13 +95,10 @@ def restarted(seen: dict) -> bool:
 
 
 def remove(fleet) -> None:
-    path = Path(fleet.dir) / "bench-remove.json"
-    path.write_text(json.dumps([{"hosts": "all", "gather_facts": False, "tasks": [
+    play(fleet, {"hosts": "all", "gather_facts": False, "tasks": [
         {"spot.migration.workload": {"name": f"{NAME}.{r}", "runtime": "process", "state": "absent",
                                      "workload_root": "{{ spot_workload_root }}", "stop_timeout": 2},
-         "ignore_errors": True} for r in range(4)]}]))
-    subprocess.run([str(BIN / "ansible-playbook"), "-i", str(fleet.inventory_path), str(path)], env=env(),
-                   capture_output=True, check=False)
+         "ignore_errors": True} for r in range(4)]})
     for node in fleet.nodes:
         shutil.rmtree(Path(node.paths["checkpoints"]) / NAME, ignore_errors=True)
         fleet_mod.inject(fleet.dir, node.name, "clear")
@@ -157,13 +154,10 @@ def relaunch(fleet, workdir: Path, members: int, every: int) -> dict:
     fleet_mod.inject(fleet.dir, hosts[-1], "spot_interruption")
     # Tear the gang down (every member), no emergency checkpoint.
     last = {}
-    stop = Path(fleet.dir) / "bench-stop.json"
-    stop.write_text(json.dumps([{"hosts": ",".join(hosts), "gather_facts": False, "tasks": [
+    play(fleet, {"hosts": ",".join(hosts), "gather_facts": False, "tasks": [
         {"spot.migration.workload": {"name": NAME + ".{{ " + json.dumps(hosts) + ".index(inventory_hostname) }}",
                                      "runtime": "process", "state": "stopped", "stop_timeout": 2,
-                                     "workload_root": "{{ spot_workload_root }}"}}]}]))
-    subprocess.run([str(BIN / "ansible-playbook"), "-i", str(fleet.inventory_path), str(stop)], env=env(),
-                   capture_output=True, check=True)
+                                     "workload_root": "{{ spot_workload_root }}"}}]})
     for rank, host in enumerate(hosts):
         last[host] = progress(fleet, host, rank).get("step")
     step = max(set.intersection(*(held(fleet, h) for h in hosts)))

@@ -15,17 +15,9 @@ import time
 from ._checkpoint import step_from_name
 from ._gang import GangError, check_gang, common_step, member_name, new_layout
 from ._migration import MigrationError, check_id, staging_dir
-from ._plan import _fenced, endpoint, fence_holds
+from ._plan import _fenced, _hosts, endpoint, fence_holds
 
 __metaclass__ = type
-
-
-def _hosts(value, what):
-    if isinstance(value, str):
-        value = [h.strip() for h in value.split(',') if h.strip()]
-    if not isinstance(value, list) or not value or any(not isinstance(h, str) or not h for h in value):
-        raise MigrationError('%s must be a host or a list of hosts, not %r' % (what, value))
-    return list(value)
 
 
 def plan(variables, groups, now=None):
@@ -39,14 +31,11 @@ def plan(variables, groups, now=None):
         check_gang({'name': gang, 'size': 1, 'rank': 0, 'master_addr': 'x'})
     except GangError as exc:
         raise MigrationError('migrate_gang needs -e gang=NAME: %s' % exc)
-    sources = _hosts(v.get('source'), 'source')
     inventory = set(groups.get('all') or [])
-    unknown = [h for h in sources if h not in inventory]
-    if unknown:
-        raise MigrationError('source %s is not in the inventory' % ', '.join(unknown))
-    members = v.get('gang_members') or None
-    if members is not None:
-        members = _hosts(members, 'gang_members')
+    sources = _hosts(v.get('source'), inventory, 'source')
+    if not sources:
+        raise MigrationError('migrate_gang needs -e source=HOST (the evicted member, or a list), not %r' % (v.get('source'),))
+    members = _hosts(v.get('gang_members'), inventory, 'gang_members') or None
     lost = bool(v.get('lost'))
     replicas = v.get('lost_replicas') or {}
     if lost:

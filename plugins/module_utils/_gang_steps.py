@@ -66,8 +66,8 @@ def find_member(by_runtime, gang, host):
 
 
 def held_steps(directory):
-    """``{step: checkpoint}`` of every complete, numbered checkpoint in ``directory``."""
-    return dict((int(c['step']), c['checkpoint']) for c in complete_checkpoints(directory) if c.get('step') is not None)
+    """``{step: complete_checkpoints' row}`` of every complete, numbered checkpoint in ``directory``."""
+    return dict((int(c['step']), c) for c in complete_checkpoints(directory) if c.get('step') is not None)
 
 
 def gang_checkpoint(by_runtime, gang, migration_id, host, deadline, signalled_at, check_mode, ask=True):
@@ -119,11 +119,10 @@ def gang_release(by_runtime, run, gang, migration_id, host, step, target, check_
         raise MigrationError('member %s of gang %s on %s holds no complete checkpoint of step %s (it holds %s): the '
                              'gang cannot resume from it' % (member['name'], gang, host, step,
                                                              sorted(held, reverse=True) or 'none'))
-    checkpoint = held[int(step)]
+    checkpoint = held[int(step)]['checkpoint']
     row = {'name': member['name'], 'rank': member['gang']['rank'], 'checkpoint': checkpoint, 'step': int(step),
-           'is_dir': os.path.isdir(checkpoint), 'stopped_by': stopped.get('stopped_by'), 'spec': member['spec']}
-    row['bytes'] = sum(os.path.getsize(os.path.join(d, f)) for d, _s, fs in os.walk(checkpoint) for f in fs) \
-        if row['is_dir'] else os.path.getsize(checkpoint)
+           'is_dir': os.path.isdir(checkpoint), 'bytes': held[int(step)]['size_bytes'],
+           'stopped_by': stopped.get('stopped_by'), 'spec': member['spec']}
 
     def sealing():
         if not sealing_here:

@@ -305,7 +305,8 @@ class MigrationRunner:
                                        marker=",".join(rows), timeout=self.config.migrate.timeout,
                                        cancel=lambda: any(mid in self.fenced_out for mid in rows),
                                        forks=max(int(self.config.migrate.forks), 2 * len(claimed)))
-        found = {g: s for g, s in events.gangs.items() if g not in self._gangs_of(sorted(sources))}
+        known = self._gangs_of(sorted(sources))
+        found = {g: s for g, s in events.gangs.items() if g not in known}
         if found:  # members the ledger did not know of: their gangs move now
             gang_errors.update(self._run_gangs(rows, fences, fence_files, found))
         for mid, fence in claimed:
@@ -406,7 +407,8 @@ class MigrationRunner:
                                        forks=self.config.migrate.forks)
         if migration_id in self.fenced_out:
             raise Fenced(f"fence {fence} superseded during the run")
-        found = {g: s for g, s in events.gangs.items() if g not in self._gangs_of([m["source"]])}
+        known = self._gangs_of([m["source"]])
+        found = {g: s for g, s in events.gangs.items() if g not in known}
         if found:  # members the ledger did not know of: their gangs move now
             gang_errors.update(self._run_gangs({migration_id: m}, {migration_id: fence}, {migration_id: fence_file},
                                                found))
